@@ -1,0 +1,53 @@
+"""retinascan_hf: diabetic retinopathy grading (ICDR 0-4) from fundus photographs, native to transformers.
+
+Importing the package registers the `retinascan` model type with the Auto classes and the
+`"retinascan"` pipeline task, and marks the classes for `register_for_auto_class`, so that every
+`save_pretrained` writes a folder that loads with `trust_remote_code=True` in a process that never
+imports this package (the Hub's remote-code path).
+"""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .configuration_retinascan import ICDR_LABELS, RetinaScanConfig
+from .feature_bank import FEATURE_BANK_NAME, FeatureBank, FeatureBankMismatchError
+from .image_processing_retinascan import (
+    ImageTooLargeError,
+    InvalidImageError,
+    NoFundusFoundError,
+    RetinaScanImageProcessor,
+    RetinaScanInputError,
+)
+from .modeling_retinascan import RetinaScanModel, RetinaScanOutput
+from .pipeline_retinascan import RetinaScanPipeline
+
+__version__ = "0.1.0"
+
+AutoConfig.register(RetinaScanConfig.model_type, RetinaScanConfig, exist_ok=True)
+AutoModel.register(RetinaScanConfig, RetinaScanModel, exist_ok=True)
+AutoImageProcessor.register(
+    RetinaScanConfig, slow_image_processor_class=RetinaScanImageProcessor, exist_ok=True
+)
+RetinaScanConfig.register_for_auto_class()
+RetinaScanModel.register_for_auto_class("AutoModel")
+RetinaScanImageProcessor.register_for_auto_class("AutoImageProcessor")
+PIPELINE_REGISTRY.register_pipeline(
+    "retinascan", pipeline_class=RetinaScanPipeline, pt_model=AutoModel, type="image"
+)
+
+__all__ = [
+    "FEATURE_BANK_NAME",
+    "ICDR_LABELS",
+    "FeatureBank",
+    "FeatureBankMismatchError",
+    "ImageTooLargeError",
+    "InvalidImageError",
+    "NoFundusFoundError",
+    "RetinaScanConfig",
+    "RetinaScanImageProcessor",
+    "RetinaScanInputError",
+    "RetinaScanModel",
+    "RetinaScanOutput",
+    "RetinaScanPipeline",
+    "__version__",
+]

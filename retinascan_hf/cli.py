@@ -1,0 +1,45 @@
+"""The ``retinascan`` console script.
+
+Each feature area owns its sub-commands in its own module and exposes ``register(subparsers)``;
+this file only assembles them, so the CLI stays a thin argument parser over library calls.
+Heavy imports (torch, transformers, datasets) happen inside the command functions, keeping
+``retinascan --help`` fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "retinascan_hf.commands.grade",
+    "retinascan_hf.corpus.cli",
+    "retinascan_hf.training.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="retinascan", description="Diabetic retinopathy grading with transformers."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue  # a feature area that is not installed in this build
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

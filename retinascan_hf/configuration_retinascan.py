@@ -1,0 +1,171 @@
+"""RetinaScan configuration: the single source of truth for every size, weight, temperature and text.
+
+This file is copied verbatim into model repositories as remote code, so it imports only
+transformers and the standard library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from transformers import CLIPConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+ICDR_LABELS: tuple[str, ...] = (
+    "No DR",
+    "Mild NPDR",
+    "Moderate NPDR",
+    "Severe NPDR",
+    "Proliferative DR",
+)
+
+# One clinical description per ICDR grade. They are embedded once by CLIP's text tower; the
+# resulting prototypes anchor the image embedding space to clinical language.
+DEFAULT_GRADE_DESCRIPTIONS: tuple[str, ...] = (
+    "A fundus photograph of a healthy retina with no diabetic retinopathy: clear vessels, "
+    "no microaneurysms, haemorrhages or exudates.",
+    "A fundus photograph with mild non-proliferative diabetic retinopathy: a few microaneurysms only.",
+    "A fundus photograph with moderate non-proliferative diabetic retinopathy: microaneurysms, "
+    "dot and blot haemorrhages and hard exudates.",
+    "A fundus photograph with severe non-proliferative diabetic retinopathy: many intraretinal "
+    "haemorrhages in four quadrants, venous beading or intraretinal microvascular abnormalities.",
+    "A fundus photograph with proliferative diabetic retinopathy: neovascularisation of the disc or "
+    "elsewhere, vitreous or preretinal haemorrhage.",
+)
+
+# ViT-B/16 at 224 px, the default backbone (openai/clip-vit-base-patch16). CLIPConfig's own default is
+# B/32, so the patch size is the one value that must be overridden.
+DEFAULT_BACKBONE_KWARGS: dict = {
+    "vision_config": {"patch_size": 16, "image_size": 224},
+    "projection_dim": 512,
+}
+
+# Fields that decide what an image embedding *is*. A feature bank built under one set of these values is
+# meaningless under another; calibration values (temperatures, thresholds) are deliberately excluded,
+# since training writes them after the bank has been built.
+_EMBEDDING_FIELDS: tuple[str, ...] = ("backbone_config", "projection_hidden_size", "projection_dropout")
+
+
+class RetinaScanConfig(PreTrainedConfig):
+    r"""Configuration of a [`RetinaScanModel`]: a CLIP backbone plus projection, prototype and CORAL heads.
+
+    Args:
+        backbone_config (`CLIPConfig` or `dict`, *optional*):
+            The CLIP backbone. Defaults to the ViT-B/16 architecture of `openai/clip-vit-base-patch16`. A dict
+            without `model_type` is read as a CLIP config.
+        freeze_backbone (`bool`, defaults to `True`):
+            Whether CLIP's weights stay frozen. Frozen is the default because it lets training cache
+            backbone features once and train only the heads.
+        projection_hidden_size (`int`, defaults to 512):
+            Hidden width of the projection head (Linear-ReLU-Dropout-Linear). Its input and output width is the
+            backbone's `projection_dim` (512 for ViT-B/16), because the output is compared with CLIP *text*
+            embeddings, which live in that space.
+        projection_dropout (`float`, defaults to 0.1):
+            Dropout inside the projection head.
+        prototype_temperature (`float`, defaults to 0.1):
+            Temperature dividing the cosine similarities to the text prototypes during training.
+        grade_descriptions (`list[str]`, *optional*):
+            One clinical description per grade, embedded by CLIP's text tower into the prototypes.
+        coral_loss_weight (`float`, defaults to 1.0):
+            Weight of the CORAL ordinal loss.
+        prototype_loss_weight (`float`, defaults to 0.5):
+            Weight of the focal loss on the prototype logits.
+        focal_gamma (`float`, defaults to 2.5):
+            Focusing parameter of that focal loss.
+        knn_k (`int`, defaults to 10):
+            Neighbours consulted by the feature-bank vote.
+        knn_weighting (`"uniform"` or `"distance"`, defaults to `"distance"`):
+            `"distance"` weights each neighbour by its inverse cosine distance, so near-duplicates dominate.
+        ordinal_temperature (`float`, defaults to 1.0):
+            Post-hoc temperature for the ordinal logits (fitted on validation data by training).
+        prototype_calibration_temperature (`float`, defaults to 1.0):
+            Post-hoc temperature for the prototype logits (fitted on validation data by training).
+        coral_thresholds (`list[float]`, *optional*):
+            One decision threshold per CORAL task, on the temperature-scaled logits. Zeros (probability
+            0.5) by default; training tunes them on validation data.
+        initializer_range (`float`, defaults to 0.02):
+            Standard deviation of the normal initialisation of the heads.
+    """
+
+    model_type = "retinascan"
+    sub_configs_defaults = {
+        "backbone_config": SubConfigSpec(config_class=CLIPConfig, init_kwargs=DEFAULT_BACKBONE_KWARGS)
+    }
+
+    backbone_config: dict | CLIPConfig | None = None
+    freeze_backbone: bool = True
+    projection_hidden_size: int = 512
+    projection_dropout: float = 0.1
+    prototype_temperature: float = 0.1
+    grade_descriptions: list[str] | None = None
+    coral_loss_weight: float = 1.0
+    prototype_loss_weight: float = 0.5
+    focal_gamma: float = 2.5
+    knn_k: int = 10
+    knn_weighting: Literal["uniform", "distance"] = "distance"
+    ordinal_temperature: float = 1.0
+    prototype_calibration_temperature: float = 1.0
+    coral_thresholds: list[float] | None = None
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        if isinstance(self.backbone_config, dict) and "model_type" not in self.backbone_config:
+            self.backbone_config = {**self.backbone_config, "model_type": CLIPConfig.model_type}
+        if self.id2label is None:
+            self.id2label = dict(enumerate(ICDR_LABELS))
+            self.label2id = {label: index for index, label in enumerate(ICDR_LABELS)}
+        super().__post_init__(**kwargs)
+        if self.grade_descriptions is None:
+            self.grade_descriptions = list(DEFAULT_GRADE_DESCRIPTIONS[: self.num_labels])
+        if self.coral_thresholds is None:
+            self.coral_thresholds = [0.0] * (self.num_labels - 1)
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.num_labels < 2:
+            raise ValueError(f"RetinaScan needs at least 2 grades, got num_labels={self.num_labels}.")
+        if len(self.grade_descriptions) != self.num_labels:
+            raise ValueError(
+                f"grade_descriptions has {len(self.grade_descriptions)} entries but there are "
+                f"{self.num_labels} grades: give exactly one description per grade."
+            )
+        if len(self.coral_thresholds) != self.num_labels - 1:
+            raise ValueError(
+                f"coral_thresholds has {len(self.coral_thresholds)} entries; CORAL with {self.num_labels} "
+                f"grades has {self.num_labels - 1} tasks."
+            )
+        for name in ("prototype_temperature", "ordinal_temperature", "prototype_calibration_temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.knn_k < 1:
+            raise ValueError(f"knn_k must be at least 1, got {self.knn_k}.")
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the image embeddings (and of feature-bank rows): CLIP's joint embedding width."""
+        return self.backbone_config.projection_dim
+
+    @property
+    def num_ordinal_tasks(self) -> int:
+        return self.num_labels - 1
+
+    def embedding_hash(self) -> str:
+        """A short fingerprint of the fields that define the embedding space.
+
+        Stored in feature-bank metadata, so that a bank built by a different architecture is noticed
+        instead of silently voting with meaningless neighbours.
+        """
+        payload = {}
+        for name in _EMBEDDING_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, PreTrainedConfig):
+                value = value.to_dict()
+                value.pop("transformers_version", None)
+            payload[name] = value
+        encoded = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+__all__ = ["DEFAULT_GRADE_DESCRIPTIONS", "ICDR_LABELS", "RetinaScanConfig"]

@@ -1,0 +1,275 @@
+"""Feature bank: training-set embeddings and grades, stored beside the weights, voted on by exact kNN.
+
+The bank is what the pipeline's default decision consults: the grades of the training images nearest
+to a query in the model's embedding space. It is stored as `feature_bank.safetensors` (fp16 embeddings,
+int64 grades, JSON metadata) and resolved exactly like transformers resolves weights: a local folder, or
+a Hub repo id through the cache (revision, offline mode, token).
+
+This file is copied verbatim into model repositories as remote code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers.utils import cached_file
+
+FEATURE_BANK_NAME = "feature_bank.safetensors"
+_FORMAT = "retinascan-feature-bank"
+_VERSION = "1"
+
+
+class FeatureBankMismatchError(ValueError):
+    """A bank and the model (or query) using it disagree on embedding width or dtype."""
+
+
+@dataclass
+class NeighborResult:
+    """Output of [`FeatureBank.knn`].
+
+    Attributes:
+        scores (`torch.FloatTensor` of shape `[B, num_labels]`): weighted vote share per grade; rows sum to 1.
+        indices (`torch.LongTensor` of shape `[B, k]`): bank rows of the neighbours, nearest first.
+        similarities (`torch.FloatTensor` of shape `[B, k]`): cosine similarity to each neighbour.
+    """
+
+    scores: torch.Tensor
+    indices: torch.Tensor
+    similarities: torch.Tensor
+
+    @property
+    def grades(self) -> torch.Tensor:
+        """The voted grade per query, `[B]` (ties go to the lower grade)."""
+        return self.scores.argmax(dim=-1)
+
+
+class FeatureBank:
+    """L2-normalised embeddings `[N, D]` with their grades `[N]`, and optional source and image ids.
+
+    Args:
+        embeddings: `[N, D]` float tensor; normalised on construction and stored as fp16 (half the size,
+            and cosine similarity at fp16 precision does not change neighbours in practice).
+        grades: `N` integer grades.
+        sources, image_ids: optional per-row strings, returned with neighbours for audit trails.
+        num_labels: number of grades (defaults to 5, ICDR).
+        config_hash: the model's [`RetinaScanConfig.embedding_hash`] at build time.
+    """
+
+    def __init__(
+        self,
+        embeddings: torch.Tensor,
+        grades: torch.Tensor | Sequence[int],
+        *,
+        sources: Sequence[str] | None = None,
+        image_ids: Sequence[str] | None = None,
+        num_labels: int = 5,
+        config_hash: str | None = None,
+    ):
+        embeddings = torch.as_tensor(embeddings)
+        if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+            raise ValueError(
+                f"Bank embeddings must be a non-empty [N, D] tensor, got shape {tuple(embeddings.shape)}."
+            )
+        if not embeddings.is_floating_point():
+            raise FeatureBankMismatchError(
+                f"Bank embeddings must be floating point, got dtype {embeddings.dtype}."
+            )
+        grades = torch.as_tensor(grades, dtype=torch.long).reshape(-1)
+        if grades.shape[0] != embeddings.shape[0]:
+            raise ValueError(f"{embeddings.shape[0]} embeddings but {grades.shape[0]} grades.")
+        if grades.min() < 0 or grades.max() >= num_labels:
+            raise ValueError(
+                f"Bank grades must lie in [0, {num_labels - 1}], got {grades.min()}..{grades.max()}."
+            )
+        for name, values in (("sources", sources), ("image_ids", image_ids)):
+            if values is not None and len(values) != grades.shape[0]:
+                raise ValueError(f"{name} has {len(values)} entries for {grades.shape[0]} bank rows.")
+        normalised = torch.nn.functional.normalize(embeddings.detach().float().cpu(), dim=-1)
+        self.embeddings = normalised.to(torch.float16)
+        self.grades = grades.cpu()
+        self.sources = list(sources) if sources is not None else None
+        self.image_ids = list(image_ids) if image_ids is not None else None
+        self.num_labels = num_labels
+        self.config_hash = config_hash
+        self._search_matrix: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    def __repr__(self) -> str:
+        counts = torch.bincount(self.grades, minlength=self.num_labels).tolist()
+        return f"FeatureBank(size={len(self)}, dim={self.dim}, grades={counts})"
+
+    def check_compatible(self, embedding_dim: int, config_hash: str | None = None) -> None:
+        """Raise [`FeatureBankMismatchError`] if this bank cannot serve a model of `embedding_dim`."""
+        if embedding_dim != self.dim:
+            raise FeatureBankMismatchError(
+                f"Feature bank holds {self.dim}-d embeddings but the model produces {embedding_dim}-d embeddings."
+            )
+        if config_hash is not None and self.config_hash is not None and config_hash != self.config_hash:
+            import warnings
+
+            warnings.warn(
+                f"Feature bank was built for embedding config {self.config_hash}, the model has {config_hash}: "
+                "neighbours may be meaningless. Rebuild the bank with the current model.",
+                stacklevel=2,
+            )
+
+    def _matrix(self, device: torch.device) -> torch.Tensor:
+        # fp16 matmuls are slow or unsupported on CPU; search in fp32, converted once and cached.
+        if self._search_matrix is None or self._search_matrix.device != device:
+            self._search_matrix = self.embeddings.to(device=device, dtype=torch.float32)
+        return self._search_matrix
+
+    @torch.no_grad()
+    def search(
+        self, queries: torch.Tensor, k: int, chunk_size: int = 65536
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact cosine top-k: `(similarities [B, k], indices [B, k])`, nearest first.
+
+        The bank is scanned in chunks with a running top-k merge, so memory stays `O(B * chunk_size)` for
+        banks of any size.
+        """
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise FeatureBankMismatchError(
+                f"Query embeddings have shape {tuple(queries.shape)}; the feature bank expects [B, {self.dim}]."
+            )
+        if not queries.is_floating_point():
+            raise FeatureBankMismatchError(
+                f"Query embeddings must be floating point, got dtype {queries.dtype}."
+            )
+        k = min(k, len(self))
+        matrix = self._matrix(queries.device)
+        queries = torch.nn.functional.normalize(queries.float(), dim=-1)
+        best_sims = queries.new_full((queries.shape[0], 0), float("-inf"))
+        best_idx = torch.empty((queries.shape[0], 0), dtype=torch.long, device=queries.device)
+        for start in range(0, len(self), chunk_size):
+            sims = queries @ matrix[start : start + chunk_size].T
+            chunk_sims, chunk_idx = sims.topk(min(k, sims.shape[1]), dim=-1)
+            merged_sims = torch.cat([best_sims, chunk_sims], dim=-1)
+            merged_idx = torch.cat([best_idx, chunk_idx + start], dim=-1)
+            best_sims, order = merged_sims.topk(min(k, merged_sims.shape[1]), dim=-1)
+            best_idx = merged_idx.gather(-1, order)
+        return best_sims.clamp(-1.0, 1.0), best_idx  # fp16 storage can round |cos| a hair past 1
+
+    def knn(self, queries: torch.Tensor, k: int = 10, weighting: str = "distance") -> NeighborResult:
+        """Vote among the `k` nearest bank rows; `weighting` is `"uniform"` or `"distance"`.
+
+        `"distance"` weights a neighbour by `1 / (cosine distance + 1e-6)`, so an (almost) identical image
+        decides on its own, while distant neighbours barely count.
+        """
+        if weighting not in ("uniform", "distance"):
+            raise ValueError(f"weighting must be 'uniform' or 'distance', got {weighting!r}.")
+        similarities, indices = self.search(queries, k)
+        if weighting == "uniform":
+            weights = torch.ones_like(similarities)
+        else:
+            weights = 1.0 / ((1.0 - similarities).clamp_min(0.0) + 1e-6)
+        neighbour_grades = self.grades.to(indices.device)[indices]
+        votes = torch.zeros(queries.shape[0], self.num_labels, device=indices.device)
+        votes.scatter_add_(1, neighbour_grades, weights)
+        return NeighborResult(
+            scores=votes / votes.sum(-1, keepdim=True), indices=indices, similarities=similarities
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write `feature_bank.safetensors` into `save_directory` atomically (temp file, then rename)."""
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        metadata = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "dim": str(self.dim),
+            "num_labels": str(self.num_labels),
+            "normalized": "l2",
+            "dtype": str(self.embeddings.dtype).removeprefix("torch."),
+            "config_hash": self.config_hash or "",
+        }
+        if self.sources is not None:
+            metadata["sources"] = json.dumps(self.sources)
+        if self.image_ids is not None:
+            metadata["image_ids"] = json.dumps(self.image_ids)
+        target = directory / FEATURE_BANK_NAME
+        temporary = directory / f".{FEATURE_BANK_NAME}.{os.getpid()}.tmp"
+        save_file(
+            {"embeddings": self.embeddings.contiguous(), "grades": self.grades.contiguous()},
+            str(temporary),
+            metadata=metadata,
+        )
+        os.replace(temporary, target)
+        return target
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> FeatureBank:
+        """Read a bank file (safetensors only: nothing is unpickled)."""
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != _FORMAT:
+                raise ValueError(
+                    f"{path} is not a RetinaScan feature bank (format={metadata.get('format')!r})."
+                )
+            embeddings = handle.get_tensor("embeddings")
+            grades = handle.get_tensor("grades")
+        declared_dtype = metadata.get("dtype")
+        if declared_dtype and declared_dtype != str(embeddings.dtype).removeprefix("torch."):
+            raise FeatureBankMismatchError(
+                f"{path} declares dtype {declared_dtype} but stores {embeddings.dtype} embeddings."
+            )
+        if int(metadata.get("dim", embeddings.shape[-1])) != embeddings.shape[-1]:
+            raise FeatureBankMismatchError(
+                f"{path} declares dim {metadata['dim']} but stores {embeddings.shape[-1]}-d embeddings."
+            )
+        return cls(
+            embeddings,
+            grades,
+            sources=json.loads(metadata["sources"]) if "sources" in metadata else None,
+            image_ids=json.loads(metadata["image_ids"]) if "image_ids" in metadata else None,
+            num_labels=int(metadata.get("num_labels", 5)),
+            config_hash=metadata.get("config_hash") or None,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        subfolder: str = "",
+        missing_ok: bool = False,
+    ) -> FeatureBank | None:
+        """Load the bank of a model folder or Hub repo, resolved like the model's own weights.
+
+        With `missing_ok=True` a model without a bank returns `None` (the pipeline then falls back to the
+        ordinal head) instead of raising `OSError`.
+        """
+        resolved = cached_file(
+            str(pretrained_model_name_or_path),
+            FEATURE_BANK_NAME,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            subfolder=subfolder,
+            _raise_exceptions_for_missing_entries=not missing_ok,
+            _raise_exceptions_for_connection_errors=not missing_ok,
+        )
+        if resolved is None:
+            return None
+        return cls.from_file(resolved)
+
+
+__all__ = ["FEATURE_BANK_NAME", "FeatureBank", "FeatureBankMismatchError", "NeighborResult"]
