@@ -25,15 +25,11 @@ __version__ = "0.1.0"
 
 AutoConfig.register(RetinaScanConfig.model_type, RetinaScanConfig, exist_ok=True)
 AutoModel.register(RetinaScanConfig, RetinaScanModel, exist_ok=True)
-AutoImageProcessor.register(
-    RetinaScanConfig, slow_image_processor_class=RetinaScanImageProcessor, exist_ok=True
-)
+AutoImageProcessor.register(RetinaScanConfig, slow_image_processor_class=RetinaScanImageProcessor, exist_ok=True)
 RetinaScanConfig.register_for_auto_class()
 RetinaScanModel.register_for_auto_class("AutoModel")
 RetinaScanImageProcessor.register_for_auto_class("AutoImageProcessor")
-PIPELINE_REGISTRY.register_pipeline(
-    "retinascan", pipeline_class=RetinaScanPipeline, pt_model=AutoModel, type="image"
-)
+PIPELINE_REGISTRY.register_pipeline("retinascan", pipeline_class=RetinaScanPipeline, pt_model=AutoModel, type="image")
 
 __all__ = [
     "FEATURE_BANK_NAME",

@@ -21,9 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="retinascan", description="Diabetic retinopathy grading with transformers."
-    )
+    parser = argparse.ArgumentParser(prog="retinascan", description="Diabetic retinopathy grading with transformers.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         try:

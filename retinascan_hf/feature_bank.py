@@ -74,20 +74,14 @@ class FeatureBank:
     ):
         embeddings = torch.as_tensor(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-            raise ValueError(
-                f"Bank embeddings must be a non-empty [N, D] tensor, got shape {tuple(embeddings.shape)}."
-            )
+            raise ValueError(f"Bank embeddings must be a non-empty [N, D] tensor, got shape {tuple(embeddings.shape)}.")
         if not embeddings.is_floating_point():
-            raise FeatureBankMismatchError(
-                f"Bank embeddings must be floating point, got dtype {embeddings.dtype}."
-            )
+            raise FeatureBankMismatchError(f"Bank embeddings must be floating point, got dtype {embeddings.dtype}.")
         grades = torch.as_tensor(grades, dtype=torch.long).reshape(-1)
         if grades.shape[0] != embeddings.shape[0]:
             raise ValueError(f"{embeddings.shape[0]} embeddings but {grades.shape[0]} grades.")
         if grades.min() < 0 or grades.max() >= num_labels:
-            raise ValueError(
-                f"Bank grades must lie in [0, {num_labels - 1}], got {grades.min()}..{grades.max()}."
-            )
+            raise ValueError(f"Bank grades must lie in [0, {num_labels - 1}], got {grades.min()}..{grades.max()}.")
         for name, values in (("sources", sources), ("image_ids", image_ids)):
             if values is not None and len(values) != grades.shape[0]:
                 raise ValueError(f"{name} has {len(values)} entries for {grades.shape[0]} bank rows.")
@@ -133,9 +127,7 @@ class FeatureBank:
         return self._search_matrix
 
     @torch.no_grad()
-    def search(
-        self, queries: torch.Tensor, k: int, chunk_size: int = 65536
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(self, queries: torch.Tensor, k: int, chunk_size: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact cosine top-k: `(similarities [B, k], indices [B, k])`, nearest first.
 
         The bank is scanned in chunks with a running top-k merge, so memory stays `O(B * chunk_size)` for
@@ -146,9 +138,7 @@ class FeatureBank:
                 f"Query embeddings have shape {tuple(queries.shape)}; the feature bank expects [B, {self.dim}]."
             )
         if not queries.is_floating_point():
-            raise FeatureBankMismatchError(
-                f"Query embeddings must be floating point, got dtype {queries.dtype}."
-            )
+            raise FeatureBankMismatchError(f"Query embeddings must be floating point, got dtype {queries.dtype}.")
         k = min(k, len(self))
         matrix = self._matrix(queries.device)
         queries = torch.nn.functional.normalize(queries.float(), dim=-1)
@@ -179,9 +169,7 @@ class FeatureBank:
         neighbour_grades = self.grades.to(indices.device)[indices]
         votes = torch.zeros(queries.shape[0], self.num_labels, device=indices.device)
         votes.scatter_add_(1, neighbour_grades, weights)
-        return NeighborResult(
-            scores=votes / votes.sum(-1, keepdim=True), indices=indices, similarities=similarities
-        )
+        return NeighborResult(scores=votes / votes.sum(-1, keepdim=True), indices=indices, similarities=similarities)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write `feature_bank.safetensors` into `save_directory` atomically (temp file, then rename)."""
@@ -216,9 +204,7 @@ class FeatureBank:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             if metadata.get("format") != _FORMAT:
-                raise ValueError(
-                    f"{path} is not a RetinaScan feature bank (format={metadata.get('format')!r})."
-                )
+                raise ValueError(f"{path} is not a RetinaScan feature bank (format={metadata.get('format')!r}).")
             embeddings = handle.get_tensor("embeddings")
             grades = handle.get_tensor("grades")
         declared_dtype = metadata.get("dtype")

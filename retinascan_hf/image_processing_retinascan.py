@@ -15,14 +15,14 @@ import io
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-FundusInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+FundusInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 
 class RetinaScanInputError(ValueError):
@@ -84,9 +84,7 @@ def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise InvalidImageError(
-            f"Cannot read {name} as an image: expected HW, HWC or CHW with 1, 3 or 4 channels."
-        )
+        raise InvalidImageError(f"Cannot read {name} as an image: expected HW, HWC or CHW with 1, 3 or 4 channels.")
     if array.size == 0:
         raise InvalidImageError(f"Image {name} is empty.")
     if array.dtype == np.uint8:
@@ -152,9 +150,7 @@ def load_fundus_image(
         except OSError as error:
             raise InvalidImageError(f"Could not read {name}: {error}") from error
     else:
-        raise InvalidImageError(
-            f"Unsupported input {name}: pass a path, URL, bytes, PIL image or numpy array."
-        )
+        raise InvalidImageError(f"Unsupported input {name}: pass a path, URL, bytes, PIL image or numpy array.")
 
     width, height = image.size
     if max_image_pixels is not None and width * height > max_image_pixels:
@@ -163,9 +159,7 @@ def load_fundus_image(
             f"max_image_pixels={max_image_pixels:,} (possible decompression bomb)."
         )
     if min(width, height) < min_image_size:
-        raise InvalidImageError(
-            f"Image {name} is {width}x{height}; at least {min_image_size} px per side is needed."
-        )
+        raise InvalidImageError(f"Image {name} is {width}x{height}; at least {min_image_size} px per side is needed.")
     try:
         if draft_size is not None and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))
@@ -298,9 +292,7 @@ class RetinaScanImageProcessor(BaseImageProcessor):
     def crop_fundus(self, image: Image.Image, name: str = "<image>") -> Image.Image:
         """Crop to the fundus disc and pad to a square; raise [`NoFundusFoundError`] naming the input."""
         try:
-            box = find_fundus_box(
-                image, threshold=self.fundus_threshold, min_fundus_fraction=self.min_fundus_fraction
-            )
+            box = find_fundus_box(image, threshold=self.fundus_threshold, min_fundus_fraction=self.min_fundus_fraction)
         except NoFundusFoundError as error:
             raise NoFundusFoundError(f"No visible fundus in {name}.") from error
         return pad_to_square(image.crop(box))
@@ -308,10 +300,7 @@ class RetinaScanImageProcessor(BaseImageProcessor):
     def to_model_image(self, source: FundusInput, timeout: float | None = None) -> Image.Image:
         """The exact RGB picture the model sees (before normalisation); also used for overlays."""
         image = self.load(source, timeout=timeout)
-        if self.do_crop_fundus:
-            image = self.crop_fundus(image, describe_input(source))
-        else:
-            image = pad_to_square(image)
+        image = self.crop_fundus(image, describe_input(source)) if self.do_crop_fundus else pad_to_square(image)
         side = self.output_size
         return image.resize((side, side), resample=Image.Resampling(self.resample))
 

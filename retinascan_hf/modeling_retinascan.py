@@ -54,8 +54,8 @@ def ordinal_probabilities(logits: torch.Tensor, temperature: float = 1.0) -> tor
     "probabilities" must never reach a user.
     """
     exceed = torch.sigmoid(logits.float() / temperature).cummin(dim=-1).values
-    ones = exceed.new_ones(exceed.shape[:-1] + (1,))
-    zeros = exceed.new_zeros(exceed.shape[:-1] + (1,))
+    ones = exceed.new_ones((*exceed.shape[:-1], 1))
+    zeros = exceed.new_zeros((*exceed.shape[:-1], 1))
     cumulative = torch.cat([ones, exceed, zeros], dim=-1)
     return cumulative[..., :-1] - cumulative[..., 1:]
 
@@ -156,9 +156,7 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         super().__init__(config)
         self.clip = backbone if backbone is not None else CLIPModel(config.backbone_config)
         dim = config.embedding_dim
-        self.projection = RetinaScanProjectionHead(
-            dim, config.projection_hidden_size, config.projection_dropout
-        )
+        self.projection = RetinaScanProjectionHead(dim, config.projection_hidden_size, config.projection_dropout)
         self.coral = RetinaScanCoralHead(dim, config.num_ordinal_tasks)
         # Text embeddings of the grade descriptions: computed once (see `compute_text_prototypes`) and saved
         # with the weights, so inference never needs a tokenizer.
@@ -208,9 +206,7 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
             max_length=max_length,
             return_tensors="pt",
         ).to(self.text_prototypes.device)
-        text = self.clip.get_text_features(
-            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-        )
+        text = self.clip.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         self.text_prototypes.copy_(F.normalize(text.pooler_output.float(), dim=-1))
         return self.text_prototypes
 
@@ -218,9 +214,7 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         """Backbone: pixels `[B, 3, H, W]` -> CLIP image features `[B, D]` (projected pooler output)."""
         return self.clip.get_image_features(pixel_values=pixel_values).pooler_output
 
-    def forward_head(
-        self, image_features: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> RetinaScanOutput:
+    def forward_head(self, image_features: torch.Tensor, labels: torch.Tensor | None = None) -> RetinaScanOutput:
         """Trainable heads on backbone features `[B, D]`; the loss when `labels` `[B]` are given."""
         config = self.config
         image_features = image_features.to(self.projection.fc1.weight.dtype)
@@ -259,11 +253,7 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
             raise ValueError("Pass exactly one of `pixel_values` or `image_features`.")
         if image_features is None:
             expected = self.config.backbone_config.vision_config.image_size
-            if (
-                pixel_values.ndim != 4
-                or pixel_values.shape[1] != 3
-                or pixel_values.shape[-2:] != (expected, expected)
-            ):
+            if pixel_values.ndim != 4 or pixel_values.shape[1] != 3 or pixel_values.shape[-2:] != (expected, expected):
                 raise ValueError(
                     f"pixel_values must have shape [B, 3, {expected}, {expected}], got {tuple(pixel_values.shape)}: "
                     "use RetinaScanImageProcessor to prepare images."

@@ -73,9 +73,7 @@ class RetinaScanPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         self.feature_bank = self._resolve_bank(feature_bank)
 
-    def _resolve_bank(
-        self, feature_bank: FeatureBank | str | os.PathLike | bool | None
-    ) -> FeatureBank | None:
+    def _resolve_bank(self, feature_bank: FeatureBank | str | os.PathLike | bool | None) -> FeatureBank | None:
         if feature_bank is False:
             return None
         if feature_bank is None or feature_bank is True:
@@ -122,11 +120,7 @@ class RetinaScanPipeline(Pipeline):
             # The processor's own errors (ValueError subclasses) already name the input. Matching on the base
             # class, not on RetinaScanInputError, matters: remote code may load processor and pipeline from
             # separately imported copies of the same file.
-            error = (
-                str(exc)
-                if isinstance(exc, ValueError)
-                else f"Could not process {describe_input(image)}: {exc}"
-            )
+            error = str(exc) if isinstance(exc, ValueError) else f"Could not process {describe_input(image)}: {exc}"
         # `pixel_values` first: the pipeline's batch iterator reads the batch size off the first entry.
         return {
             "pixel_values": pixel_values,
@@ -145,9 +139,7 @@ class RetinaScanPipeline(Pipeline):
             return "ordinal"
         return mode
 
-    def _forward(
-        self, model_inputs: dict[str, Any], mode: str | None = None, k: int | None = None
-    ) -> dict[str, Any]:
+    def _forward(self, model_inputs: dict[str, Any], mode: str | None = None, k: int | None = None) -> dict[str, Any]:
         mode = self._resolve_mode(mode)
         valid = model_inputs["valid"].bool().cpu()
         pixel_values = model_inputs["pixel_values"]
@@ -159,9 +151,7 @@ class RetinaScanPipeline(Pipeline):
         neighbor_idx = torch.full((batch, k), -1, dtype=torch.long)
         neighbor_sim = torch.zeros(batch, k)
         if valid.any():
-            outputs = self.model(
-                pixel_values=pixel_values[valid.to(pixel_values.device)].to(self.model.dtype)
-            )
+            outputs = self.model(pixel_values=pixel_values[valid.to(pixel_values.device)].to(self.model.dtype))
             good_scores, good_grades, neighbors = self._decide(outputs, mode, k)
             scores[valid], grades[valid] = good_scores.float().cpu(), good_grades.cpu()
             if neighbors is not None:
@@ -187,9 +177,7 @@ class RetinaScanPipeline(Pipeline):
             return neighbors.scores, neighbors.grades, neighbors
         if mode == "ordinal":
             return outputs.probs, outputs.predicted_grade, None
-        scores = F.softmax(
-            outputs.prototype_logits.float() / config.prototype_calibration_temperature, dim=-1
-        )
+        scores = F.softmax(outputs.prototype_logits.float() / config.prototype_calibration_temperature, dim=-1)
         return scores, scores.argmax(dim=-1), None
 
     def postprocess(self, model_outputs: dict[str, Any], return_neighbors: bool = False) -> dict[str, Any]:
@@ -222,7 +210,7 @@ class RetinaScanPipeline(Pipeline):
     def _describe_neighbors(self, indices: torch.Tensor, similarities: torch.Tensor) -> list[dict[str, Any]]:
         bank = self.feature_bank
         neighbors = []
-        for index, similarity in zip(indices.tolist(), similarities.tolist()):
+        for index, similarity in zip(indices.tolist(), similarities.tolist(), strict=False):
             if index < 0:
                 continue
             entry = {"index": index, "grade": int(bank.grades[index]), "similarity": float(similarity)}
