@@ -18,6 +18,7 @@ from .image_processing_retinascan import (
     RetinaScanImageProcessor,
     RetinaScanInputError,
 )
+from .loading import load_pipeline
 from .modeling_retinascan import RetinaScanModel, RetinaScanOutput
 from .pipeline_retinascan import RetinaScanPipeline
 
@@ -46,4 +47,5 @@ __all__ = [
     "RetinaScanOutput",
     "RetinaScanPipeline",
     "__version__",
+    "load_pipeline",
 ]

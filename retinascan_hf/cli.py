@@ -13,24 +13,14 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "retinascan_hf.commands.grade",
-    "retinascan_hf.corpus.cli",
-    "retinascan_hf.training.cli",
-)
+COMMAND_MODULES: tuple[str, ...] = ("retinascan_hf.commands.grade",)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="retinascan", description="Diabetic retinopathy grading with transformers.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue  # a feature area that is not installed in this build
-        module.register(subparsers)
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 

@@ -43,9 +43,19 @@ DEFAULT_BACKBONE_KWARGS: dict = {
 }
 
 # Fields that decide what an image embedding *is*. A feature bank built under one set of these values is
-# meaningless under another; calibration values (temperatures, thresholds) are deliberately excluded,
-# since training writes them after the bank has been built.
-_EMBEDDING_FIELDS: tuple[str, ...] = ("backbone_config", "projection_hidden_size", "projection_dropout")
+# meaningless under another. Calibration values (temperatures, thresholds) and runtime settings (dtype,
+# attention implementation) are deliberately excluded: training writes calibration after the bank is built.
+_EMBEDDING_VISION_FIELDS: tuple[str, ...] = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_channels",
+    "image_size",
+    "patch_size",
+    "hidden_act",
+    "layer_norm_eps",
+)
 
 
 class RetinaScanConfig(PreTrainedConfig):
@@ -157,13 +167,12 @@ class RetinaScanConfig(PreTrainedConfig):
         Stored in feature-bank metadata, so that a bank built by a different architecture is noticed
         instead of silently voting with meaningless neighbours.
         """
-        payload = {}
-        for name in _EMBEDDING_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, PreTrainedConfig):
-                value = value.to_dict()
-                value.pop("transformers_version", None)
-            payload[name] = value
+        vision = self.backbone_config.vision_config
+        payload = {
+            "vision": {name: getattr(vision, name, None) for name in _EMBEDDING_VISION_FIELDS},
+            "projection_dim": self.backbone_config.projection_dim,
+            "projection_hidden_size": self.projection_hidden_size,
+        }
         encoded = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(encoded).hexdigest()[:16]
 

@@ -140,7 +140,9 @@ class RetinaScanPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, RetinaScanCoralHead):
-            init.zeros_(module.bias)
+            # Descending biases in (0, 1] as in the CORAL reference: rank-consistent from the first step.
+            num_tasks = module.bias.shape[0]
+            init.copy_(module.bias, torch.arange(num_tasks, 0, -1, dtype=module.bias.dtype) / num_tasks)
         elif isinstance(module, RetinaScanModel):
             init.zeros_(module.text_prototypes)
 

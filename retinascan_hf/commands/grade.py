@@ -1,0 +1,28 @@
+"""`retinascan grade MODEL IMAGE...`: grade fundus photographs with a saved model, one JSON line each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("grade", help="Grade fundus photographs with a saved RetinaScan model.")
+    parser.add_argument("model", help="Model folder or Hub repo id (holding weights, processor and bank).")
+    parser.add_argument("images", nargs="+", help="Image paths or URLs.")
+    parser.add_argument("--mode", choices=("knn", "ordinal", "prototype"), default=None)
+    parser.add_argument("--k", type=int, default=None, help="Neighbours for mode=knn (default: the config's).")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--revision", default=None)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..loading import load_pipeline
+
+    grader = load_pipeline(args.model, revision=args.revision)
+    options = {key: value for key, value in (("mode", args.mode), ("k", args.k)) if value is not None}
+    results = grader(args.images, batch_size=args.batch_size, **options)
+    for image, result in zip(args.images, results, strict=True):
+        print(json.dumps({"image": image, **result}))
+    return 0 if all(result["gradable"] for result in results) else 1
