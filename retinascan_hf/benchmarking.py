@@ -1,0 +1,99 @@
+"""Timing helpers for the benchmark scripts: repeatable wall-clock medians, results as ratios to a baseline.
+
+Speed is reported against a baseline measured in the same run on the same machine, because absolute
+seconds on a shared 2-core CPU say little on their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Measurement:
+    """One timed operation: median seconds per call over `repeats` calls (after `warmup` calls)."""
+
+    name: str
+    seconds: float
+    items_per_call: int = 1
+    note: str = ""
+    ratio_to_baseline: float | None = None
+
+    @property
+    def ms_per_item(self) -> float:
+        return 1000.0 * self.seconds / self.items_per_call
+
+
+@dataclass
+class BenchmarkReport:
+    """Measurements of one run, the baseline they are relative to, and the machine they ran on."""
+
+    title: str
+    baseline: str
+    measurements: list[Measurement] = field(default_factory=list)
+
+    def add(self, measurement: Measurement) -> Measurement:
+        self.measurements.append(measurement)
+        return measurement
+
+    def finalize(self) -> None:
+        base = next(m for m in self.measurements if m.name == self.baseline)
+        for measurement in self.measurements:
+            measurement.ratio_to_baseline = measurement.ms_per_item / base.ms_per_item
+
+    def table(self) -> str:
+        rows = [f"{self.title} (ratios: per-item time / '{self.baseline}')", ""]
+        rows.append(f"{'operation':<52} {'ms/item':>10} {'ratio':>9}  note")
+        for m in self.measurements:
+            rows.append(f"{m.name:<52} {m.ms_per_item:>10.2f} {m.ratio_to_baseline:>9.3f}  {m.note}")
+        rows.append(f"\npeak RSS: {peak_rss_mib():.0f} MiB; {machine_summary()}")
+        return "\n".join(rows)
+
+    def write_json(self, path: str | os.PathLike) -> Path:
+        """Write atomically (temp file, then rename), so an interrupted run leaves the old file intact."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "title": self.title,
+            "baseline": self.baseline,
+            "machine": machine_summary(),
+            "peak_rss_mib": round(peak_rss_mib(), 1),
+            "measurements": [{**asdict(m), "ms_per_item": m.ms_per_item} for m in self.measurements],
+        }
+        temporary = target.with_suffix(target.suffix + ".tmp")
+        temporary.write_text(json.dumps(payload, indent=2) + "\n")
+        os.replace(temporary, target)
+        return target
+
+
+def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall-clock seconds of `fn()`: medians resist the other tenants of a shared machine."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def machine_summary() -> str:
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
