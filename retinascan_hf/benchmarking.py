@@ -60,9 +60,6 @@ class BenchmarkReport:
         return "\n".join(rows)
 
     def write_json(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temp file, then rename), so an interrupted run leaves the old file intact."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "title": self.title,
             "baseline": self.baseline,
@@ -70,10 +67,17 @@ class BenchmarkReport:
             "peak_rss_mib": round(peak_rss_mib(), 1),
             "measurements": [{**asdict(m), "ms_per_item": m.ms_per_item} for m in self.measurements],
         }
-        temporary = target.with_suffix(target.suffix + ".tmp")
-        temporary.write_text(json.dumps(payload, indent=2) + "\n")
-        os.replace(temporary, target)
-        return target
+        return write_json_atomically(path, payload)
+
+
+def write_json_atomically(path: str | os.PathLike, payload: dict) -> Path:
+    """Write JSON via a temp file and a rename, so an interrupted run leaves the old file intact."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_suffix(target.suffix + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(temporary, target)
+    return target
 
 
 def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -88,8 +92,9 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> fl
     return statistics.median(samples)
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident memory of this process (or, with `RUSAGE_CHILDREN`, of its largest child), in MiB."""
+    return resource.getrusage(who).ru_maxrss / 1024.0  # Linux reports KiB
 
 
 def machine_summary() -> str:

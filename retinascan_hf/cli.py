@@ -13,7 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES: tuple[str, ...] = ("retinascan_hf.commands.grade",)
+COMMAND_MODULES: tuple[str, ...] = ("retinascan_hf.commands.grade", "retinascan_hf.corpus.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,18 @@
+"""APTOS 2019: ``train.csv`` (``id_code,diagnosis``) and ``train_images/<id_code>.png``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from retinascan_hf.corpus.adapters.common import make_record, read_csv_rows
+from retinascan_hf.corpus.schema import Record
+
+SOURCE = "aptos"
+
+
+def read_aptos(root: Path) -> Iterator[Record]:
+    """Records of the labelled APTOS training set; APTOS records neither patient nor eye."""
+    for row in read_csv_rows(root / "train.csv", ("id_code", "diagnosis")):
+        name = row["id_code"]
+        yield make_record(root / "train_images" / f"{name}.png", row["diagnosis"], source=SOURCE, name=name)

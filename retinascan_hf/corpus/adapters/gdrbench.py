@@ -1,0 +1,65 @@
+"""GDRBench (DomainBed layout): ``images/<SOURCE>/<grade folder>/<file>`` and optional splits.
+
+With ``splits/<SOURCE>_{train,crossval}.txt`` present, exactly the listed images are read and
+each keeps its official subset (``train``/``crossval``) for the GDRBench protocol; without them,
+every image under a grade folder is read and has no subset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+from retinascan_hf.corpus.adapters.common import make_record, read_listing
+from retinascan_hf.corpus.adapters.eyepacs import split_patient_eye
+from retinascan_hf.corpus.schema import Record
+
+SOURCE = "gdrbench"
+GRADE_FOLDERS: tuple[str, ...] = ("nodr", "mild_npdr", "moderate_npdr", "severe_npdr", "pdr")
+SUBSETS: tuple[str, ...] = ("train", "crossval")
+
+
+def read_gdrbench(root: Path) -> Iterator[Record]:
+    """Records of every domain, each domain its own source ``gdrbench/<domain>``.
+
+    Domains are separate sources so that stratification and leave-one-source-out treat them as
+    the benchmark does, and so that ``gdrbench/aptos`` ids never collide with the ``aptos`` adapter.
+    """
+    splits = root / "splits"
+    if splits.is_dir():
+        yield from _listed(root / "images", splits)
+    else:
+        yield from _walked(root / "images")
+
+
+def _listed(images: Path, splits: Path) -> Iterator[Record]:
+    for subset in SUBSETS:
+        for listing in sorted(splits.glob(f"*_{subset}.txt")):
+            domain = listing.name.removesuffix(f"_{subset}.txt")
+            for relative, label in read_listing(listing):
+                yield _record(images / relative, label, domain, subset)
+
+
+def _walked(images: Path) -> Iterator[Record]:
+    for domain_dir in sorted(path for path in images.iterdir() if path.is_dir()):
+        for grade, folder in enumerate(GRADE_FOLDERS):
+            grade_dir = domain_dir / folder
+            if grade_dir.is_dir():
+                for file in sorted(grade_dir.iterdir()):
+                    if file.is_file() and not file.name.startswith("."):
+                        yield _record(file, str(grade), domain_dir.name, None)
+
+
+def _record(path: Path, label: str, domain: str, subset: str | None) -> Record:
+    """EyePACS-derived domains (EYEPACS, RLDR) keep ``<patient>_<eye>`` names: group by patient."""
+    stem = PurePosixPath(path.name).stem
+    patient, eye = split_patient_eye(stem)
+    return make_record(
+        path,
+        label,
+        source=f"{SOURCE}/{domain.lower()}",
+        name=stem,
+        patient=patient,
+        eye=eye,
+        subset=subset,
+    )

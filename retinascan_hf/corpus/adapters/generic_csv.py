@@ -1,0 +1,30 @@
+"""Any other data set, described by a CSV with ``image_path,grade[,source,patient_id]``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path, PurePath
+
+from retinascan_hf.corpus.adapters.common import make_record, read_csv_rows
+from retinascan_hf.corpus.schema import Record
+
+SOURCE = "csv"
+
+
+def read_generic_csv(csv_path: Path) -> Iterator[Record]:
+    """Records of the CSV at ``csv_path``; relative image paths are relative to its folder.
+
+    The image id is the path without its extension, so images in different sub-folders that share
+    a file name stay distinct. A missing ``source`` cell falls back to ``"csv"``, a missing
+    ``patient_id`` to the image id.
+    """
+    for row in read_csv_rows(csv_path, ("image_path", "grade")):
+        image_path = PurePath(row["image_path"])
+        name = image_path.relative_to(image_path.anchor).with_suffix("").as_posix()
+        yield make_record(
+            csv_path.parent / image_path,
+            row["grade"],
+            source=row.get("source") or SOURCE,
+            name=name,
+            patient=row.get("patient_id") or None,
+        )

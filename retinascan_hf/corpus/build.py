@@ -1,0 +1,69 @@
+"""``build_corpus``: published data sets in, a split, screened ``DatasetDict`` on disk out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from retinascan_hf.corpus.adapters import ADAPTERS
+from retinascan_hf.corpus.dataset import save_corpus, to_dataset_dict
+from retinascan_hf.corpus.report import REPORT_FILE, BuildReport
+from retinascan_hf.corpus.schema import Record
+from retinascan_hf.corpus.screen import screen_records
+from retinascan_hf.corpus.split import Protocol, assign_splits
+from retinascan_hf.corpus.storage import atomic_directory
+
+
+def read_sources(sources: Mapping[str, Path]) -> list[Record]:
+    """Records of every source, read in sorted kind order so the order of ``sources`` is irrelevant.
+
+    Raises:
+        ValueError: for a kind no adapter reads, or a label file without its layout's columns.
+        FileNotFoundError: when a layout's label file is missing (a wrong path, not a bad image).
+    """
+    unknown = sorted(set(sources) - set(ADAPTERS))
+    if unknown:
+        raise ValueError(f"unknown source kind(s) {', '.join(unknown)}; known: {', '.join(ADAPTERS)}")
+    return [record for kind in sorted(sources) for record in ADAPTERS[kind](Path(sources[kind]))]
+
+
+def build_corpus(
+    sources: Mapping[str, Path],
+    out_dir: Path,
+    *,
+    protocol: str = "merged",
+    seed: int = 0,
+    val_ratio: float = 0.1,
+    test_ratio: float = 0.1,
+    num_proc: int = 1,
+    progress: bool = True,
+) -> BuildReport:
+    """Read, screen and split ``sources`` and save the corpus to ``out_dir``; return the report.
+
+    ``sources`` maps an adapter kind (``eyepacs``, ``aptos``, ...; see ``ADAPTERS``) to the folder
+    of its published layout (the CSV file itself for ``csv``). ``out_dir`` receives
+    ``DatasetDict.save_to_disk`` output (image bytes embedded) plus ``build_report.json``, written
+    atomically; read it back with ``datasets.load_from_disk(out_dir)``. ``num_proc`` processes
+    check and hash images.
+    The same sources, protocol, seed and ratios always give the same splits.
+    """
+    plan = Protocol.parse(protocol)
+    if not (0 <= val_ratio < 1 and 0 <= test_ratio < 1 and val_ratio + test_ratio < 1):
+        raise ValueError(f"need 0 <= val_ratio, test_ratio and a sum below 1; got {val_ratio}, {test_ratio}")
+    found = read_sources(sources)
+    kept, excluded = screen_records(found, num_proc=num_proc, progress=progress)
+    split_names = assign_splits(kept, plan, seed=seed, val_ratio=val_ratio, test_ratio=test_ratio)
+    report = BuildReport.summarise(
+        found=found,
+        kept=kept,
+        split_names=split_names,
+        excluded=excluded,
+        protocol=str(plan),
+        seed=seed,
+        val_ratio=val_ratio,
+        test_ratio=test_ratio,
+    )
+    with atomic_directory(Path(out_dir)) as staging:
+        save_corpus(to_dataset_dict(kept, split_names), staging, progress=progress)
+        report.save(staging / REPORT_FILE)
+    return report

@@ -1,0 +1,76 @@
+"""Kept records to a ``DatasetDict`` and onto disk, without ever holding decoded images.
+
+Rows hold image *paths*, so building a split costs a few bytes per image. ``save_to_disk`` then
+streams each file's bytes into the Arrow shards (about 500 MB each, in batches sized to the
+data), so the saved corpus is self-contained: it no longer depends on the source folders, and
+``datasets.Image()`` decodes an image only when a row is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+
+from retinascan_hf.corpus.schema import ICDR_LABELS, Record
+from retinascan_hf.corpus.split import SPLITS
+
+
+def corpus_features() -> datasets.Features:
+    """Features of every split, so that corpora built from different sources concatenate."""
+    return datasets.Features(
+        {
+            "image": datasets.Image(),
+            "grade": datasets.ClassLabel(names=list(ICDR_LABELS)),
+            "source": datasets.Value("string"),
+            "image_id": datasets.Value("string"),
+            "patient_id": datasets.Value("string"),
+            "eye": datasets.Value("string"),
+        }
+    )
+
+
+def to_dataset_dict(records: Sequence[Record], split_names: Sequence[str]) -> datasets.DatasetDict:
+    """One split per name in :data:`SPLITS` (possibly empty), rows in ``records`` order."""
+    features = corpus_features()
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                _columns([record for record, name in zip(records, split_names, strict=True) if name == split]),
+                features=features,
+                split=datasets.NamedSplit(split),
+            )
+            for split in SPLITS
+        }
+    )
+
+
+def _columns(records: Sequence[Record]) -> dict[str, list[object]]:
+    return {
+        "image": [str(record.path.absolute()) for record in records],
+        "grade": [record.grade for record in records],
+        "source": [record.source for record in records],
+        "image_id": [record.image_id for record in records],
+        "patient_id": [record.patient_id for record in records],
+        "eye": [record.eye for record in records],
+    }
+
+
+def save_corpus(corpus: datasets.DatasetDict, path: Path, *, progress: bool = True) -> None:
+    """``save_to_disk``, writing an empty split as one empty shard.
+
+    By default ``datasets`` writes no shard at all for an empty split and then cannot load it.
+    Writing stays in this process: it is bound by disk throughput, and ``datasets`` would run
+    ``num_proc`` writers as *spawned* processes, each re-importing the whole stack.
+    ``progress=False`` silences ``datasets``' own bars for this call only.
+    """
+    empty = {split: 1 for split, dataset in corpus.items() if dataset.num_rows == 0}
+    bars_were_on = not datasets.are_progress_bars_disabled()
+    if not progress:
+        datasets.disable_progress_bars()
+    try:
+        corpus.save_to_disk(str(path), num_shards=empty or None)
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
