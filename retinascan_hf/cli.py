@@ -13,7 +13,11 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES: tuple[str, ...] = ("retinascan_hf.commands.grade", "retinascan_hf.corpus.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "retinascan_hf.commands.grade",
+    "retinascan_hf.corpus.cli",
+    "retinascan_hf.training.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

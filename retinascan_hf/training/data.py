@@ -1,0 +1,147 @@
+"""Corpus rows -> model pixels, and batches of them through the backbone, sharded over processes.
+
+The image column is read undecoded (path or bytes), so the processor decodes every image itself: that is
+what lets it decode a 12 MP JPEG at a fraction of its resolution, and what makes the training picture the
+exact picture the pipeline sees at inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..image_processing_retinascan import RetinaScanImageProcessor
+from ..modeling_retinascan import RetinaScanModel
+from .augment import FundusAugmentation
+
+# A unit of work: one corpus row and the views of it to produce.
+ViewRequest = tuple[int, tuple[int, ...]]
+
+
+class FundusViews(Dataset):
+    """Item `(row, views)` of a corpus split -> the processor's pixel values of each requested view.
+
+    Args:
+        split: a corpus split (`image`, `grade`, `image_id` columns).
+        processor: crops, resizes and normalises exactly as at inference.
+        augmentation: how views other than 0 are made.
+        seed: with the image id and view number, fixes every augmented view.
+    """
+
+    def __init__(
+        self,
+        split: datasets.Dataset,
+        processor: RetinaScanImageProcessor,
+        augmentation: FundusAugmentation,
+        seed: int,
+    ):
+        self.split = split.cast_column("image", datasets.Image(decode=False))
+        self.processor = processor
+        self.augmentation = augmentation
+        self.seed = seed
+        self.image_ids: list[str] = list(split["image_id"])
+        self.grades: list[int] = list(split["grade"])
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, request: ViewRequest) -> dict[str, Any]:
+        row, views = request
+        encoded = self.split[row]["image"]
+        source = encoded["bytes"] if encoded.get("bytes") is not None else encoded["path"]
+        picture = self.processor.to_model_image(source)
+        image_id = self.image_ids[row]
+        pixels = [
+            self.processor.normalize_image(
+                self.augmentation.view(picture, seed=self.seed, image_id=image_id, view=view)
+            )
+            for view in views
+        ]
+        return {
+            "pixel_values": torch.from_numpy(np.stack(pixels)),
+            "row": torch.full((len(views),), row, dtype=torch.long),
+            "view": torch.tensor(views, dtype=torch.long),
+            "labels": torch.full((len(views),), self.grades[row], dtype=torch.long),
+        }
+
+
+def collate_views(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate items (each holding one or more views) along the batch axis."""
+    return {key: torch.cat([item[key] for item in items]) for key in items[0]}
+
+
+def view_loader(dataset: FundusViews, batches: Sequence[Sequence[ViewRequest]], num_workers: int) -> DataLoader:
+    """A loader whose every batch is one list of `(row, views)` requests."""
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        collate_fn=collate_views,
+        num_workers=num_workers,
+    )
+
+
+@dataclass
+class ComputedFeatures:
+    """Backbone features of `(row, view)` pairs: `rows` `[M]`, `views` `[M]`, `features` `[M, D]` (float32, CPU)."""
+
+    rows: torch.Tensor
+    views: torch.Tensor
+    features: torch.Tensor
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[ComputedFeatures], dim: int) -> ComputedFeatures:
+        if not parts:
+            empty = torch.empty(0, dtype=torch.long)
+            return cls(empty, empty.clone(), torch.empty(0, dim))
+        return cls(*(torch.cat([getattr(part, name) for part in parts]) for name in ("rows", "views", "features")))
+
+
+@torch.no_grad()
+def compute_features(
+    model: RetinaScanModel,
+    dataset: FundusViews,
+    requests: Sequence[ViewRequest],
+    *,
+    accelerator: Accelerator,
+    batch_size: int,
+    num_workers: int = 0,
+    progress: bool = True,
+    description: str = "backbone features",
+) -> ComputedFeatures:
+    """Run the backbone over `requests`, each process taking every `num_processes`-th request; every process
+    receives all results.
+
+    `model` is the unwrapped model (inference needs no gradient synchronisation). Its train/eval mode is
+    restored afterwards, so this can run between training epochs.
+    """
+    mine = list(requests[accelerator.process_index :: accelerator.num_processes])
+    batches = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
+    was_training = model.training
+    model.eval()
+    parts = []
+    bar = tqdm(
+        total=len(mine), desc=description, unit="img", disable=not (progress and accelerator.is_local_main_process)
+    )
+    for requested, batch in zip(batches, view_loader(dataset, batches, num_workers) if batches else (), strict=True):
+        with accelerator.autocast():
+            features = model.forward_features(batch["pixel_values"].to(accelerator.device, model.dtype))
+        parts.append(ComputedFeatures(batch["row"], batch["view"], features.float().cpu()))
+        bar.update(len(requested))
+    bar.close()
+    model.train(was_training)
+    local = ComputedFeatures.concatenate(parts, model.config.embedding_dim)
+    if accelerator.num_processes == 1:
+        return local
+    return ComputedFeatures.concatenate(gather_object([local]), model.config.embedding_dim)
+
+
+__all__ = ["ComputedFeatures", "FundusViews", "ViewRequest", "collate_views", "compute_features", "view_loader"]

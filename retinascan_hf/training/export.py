@@ -1,0 +1,149 @@
+"""After training: best weights, calibration, the feature bank, test evaluation, one complete model folder.
+
+The folder is what `RetinaScanModel.from_pretrained` and `pipeline("retinascan", model=DIR,
+trust_remote_code=True)` load: weights and config (with the fitted temperatures and thresholds), the
+remote code, the image processor and `feature_bank.safetensors`. It is staged and renamed into place, so a
+crash never leaves a half-written model where a previous good one was.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from ..corpus.storage import atomic_directory
+from ..feature_bank import FeatureBank
+from ..image_processing_retinascan import RetinaScanImageProcessor
+from ..modeling_retinascan import RetinaScanModel
+from .calibration import CalibrationResult, calibrate
+from .checkpointing import load_best_weights
+from .config import TrainingConfig
+from .evaluation import evaluate_modes, head_outputs
+from .splits import TrainingSplit
+
+MODEL_DIR_NAME = "model"
+METRICS_NAME = "metrics.json"
+CONFUSION_MATRIX_NAME = "confusion_matrix.png"
+
+
+def build_feature_bank(model: RetinaScanModel, train: TrainingSplit, batch_size: int) -> FeatureBank:
+    """Embeddings of the un-augmented training images under the final heads, with grades, ids and sources."""
+    embeddings = head_outputs(model, train.view_features(model), batch_size).embeddings
+    return FeatureBank(
+        embeddings,
+        train.grades.cpu(),
+        sources=train.sources,
+        image_ids=train.image_ids,
+        num_labels=model.config.num_labels,
+        config_hash=model.config.embedding_hash(),
+    )
+
+
+def calibrate_model(model: RetinaScanModel, validation: TrainingSplit, config: TrainingConfig) -> CalibrationResult:
+    """Fit temperatures and thresholds on the validation split and write them into `model.config`."""
+    outputs = head_outputs(model, validation.view_features(model), config.eval_batch_size)
+    result = calibrate(
+        outputs.ordinal_logits,
+        outputs.prototype_logits,
+        validation.grades,
+        fit_temperatures=config.calibrate,
+        fit_thresholds=config.tune_thresholds,
+    )
+    result.apply(model.config)
+    return result
+
+
+def majority_baseline(train_grades: torch.Tensor, test_grades: torch.Tensor) -> dict[str, Any]:
+    """What always answering the most frequent training grade scores: the floor any model must beat."""
+    majority = int(torch.bincount(train_grades.cpu()).argmax())
+    return {"grade": majority, "accuracy": float((test_grades.cpu() == majority).float().mean()), "qwk": 0.0}
+
+
+def finalize(
+    model: RetinaScanModel,
+    processor: RetinaScanImageProcessor,
+    splits: dict[str, TrainingSplit],
+    config: TrainingConfig,
+    accelerator: Accelerator,
+    report: dict[str, Any],
+) -> dict[str, Any]:
+    """Load the best weights, calibrate, build the bank, evaluate validation and test in every decision mode,
+    and (main process only) write `model/` and the test confusion matrix.
+
+    Every process computes the same numbers (they may all be needed for distributed feature forwards);
+    `report` (data, cache, training facts) is extended and returned as the metrics summary.
+    """
+    output_dir = Path(config.output_dir)
+    used_best = load_best_weights(model, output_dir / "best")
+    calibration = calibrate_model(model, splits["validation"], config)
+    bank = build_feature_bank(model, splits["train"], config.eval_batch_size)
+    evaluation = {
+        name: evaluate_modes(model, split.view_features(model), split.grades, bank, config.eval_batch_size)
+        for name, split in splits.items()
+        if name != "train" and len(split)
+    }
+    model_dir = output_dir / MODEL_DIR_NAME
+    metrics = {
+        **report,
+        "best_weights_used": used_best,
+        "calibration": calibration.to_dict(),
+        "evaluation": evaluation,
+        "model_dir": str(model_dir),
+    }
+    if "test" in evaluation:
+        metrics["majority_baseline_test"] = majority_baseline(splits["train"].grades, splits["test"].grades)
+    if accelerator.is_main_process:
+        with atomic_directory(model_dir) as staging:
+            model.save_pretrained(staging)
+            processor.save_pretrained(staging)
+            bank.save_pretrained(staging)
+        if "test" in evaluation:
+            knn = evaluation["test"]["knn"]
+            metrics["confusion_matrix_png"] = save_confusion_matrix(
+                np.asarray(knn["confusion_matrix"]),
+                output_dir / CONFUSION_MATRIX_NAME,
+                f"test, kNN: QWK {knn['qwk']:.3f}",
+            )
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def save_confusion_matrix(matrix: np.ndarray, path: Path, title: str) -> str | None:
+    """A labelled confusion-matrix picture (matplotlib, Agg); `None` when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot as plt
+    except ImportError:
+        return None
+    figure, axes = plt.subplots(figsize=(4.5, 4))
+    axes.imshow(matrix, cmap="Blues")
+    for (row, column), count in np.ndenumerate(matrix):
+        colour = "white" if count > matrix.max() / 2 else "black"
+        axes.text(column, row, str(count), ha="center", va="center", color=colour)
+    grades = range(matrix.shape[0])
+    axes.set(xticks=grades, yticks=grades, xlabel="predicted grade", ylabel="true grade", title=title)
+    figure.tight_layout()
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+    os.replace(temporary, path)
+    return str(path)
+
+
+__all__ = [
+    "CONFUSION_MATRIX_NAME",
+    "METRICS_NAME",
+    "MODEL_DIR_NAME",
+    "build_feature_bank",
+    "calibrate_model",
+    "finalize",
+    "majority_baseline",
+    "save_confusion_matrix",
+]

@@ -1,0 +1,130 @@
+"""What the trainer trains on: cached backbone features (frozen backbone) or images (end-to-end).
+
+Both kinds of split answer the same two questions: "give me the batches of this epoch's plan" and "give me
+the un-augmented features of every row under the current model" (for validation, calibration and the
+feature bank), so the training loop and everything after it are the same code for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch.utils.data import Sampler
+
+from ..modeling_retinascan import RetinaScanModel
+from .data import FundusViews, ViewRequest, compute_features, view_loader
+
+# One batch of an epoch's plan: `(row, view)` per example.
+BatchPlan = list[tuple[int, int]]
+
+
+def epoch_plan(
+    sampler: Sampler[list[int]], *, epoch: int, seed: int, n_views: int, rank: int, start: int = 0
+) -> Iterator[BatchPlan]:
+    """The batches of `epoch` from `start` on, each row paired with the view it is trained on this time.
+
+    Views are drawn from `(seed, epoch, batch, rank)` alone, so skipping the first `start` batches (resuming
+    mid-epoch) reproduces exactly the batches an uninterrupted run would have seen.
+    """
+    sampler.set_epoch(epoch)
+    for batch, rows in enumerate(sampler):
+        if batch < start:
+            continue
+        views = np.random.default_rng([seed, epoch, batch, rank]).integers(n_views, size=len(rows))
+        yield list(zip(rows, views.tolist(), strict=True))
+
+
+@dataclass
+class CachedSplit:
+    """A split as cached backbone features.
+
+    Attributes:
+        features: `[N, V, D]`; view 0 is the un-augmented picture.
+        grades: `[N]` ICDR grades.
+        image_ids, sources: per row, for the feature bank's audit trail.
+    """
+
+    features: torch.Tensor
+    grades: torch.Tensor
+    image_ids: list[str]
+    sources: list[str]
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def to(self, device: torch.device) -> CachedSplit:
+        """Move the features once, instead of copying every batch to the device."""
+        self.features, self.grades = self.features.to(device), self.grades.to(device)
+        return self
+
+    def batches(self, plan: Iterator[BatchPlan]) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in plan:
+            rows, views = (torch.tensor(column, device=self.features.device) for column in zip(*batch, strict=True))
+            yield {"image_features": self.features[rows, views], "labels": self.grades[rows]}
+
+    def view_features(self, model: RetinaScanModel) -> torch.Tensor:
+        """Un-augmented features `[N, D]`; the backbone is frozen, so `model` does not change them."""
+        return self.features[:, 0]
+
+
+@dataclass
+class ImageSplit:
+    """A split as images, for end-to-end fine-tuning: every batch and evaluation runs the backbone.
+
+    Attributes:
+        dataset: the split's images through the processor and augmentation.
+        accelerator: device and process layout for evaluation forwards.
+        batch_size, num_workers, progress: for evaluation forwards.
+    """
+
+    dataset: FundusViews
+    accelerator: Accelerator
+    batch_size: int
+    num_workers: int = 0
+    progress: bool = True
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def grades(self) -> torch.Tensor:
+        return torch.tensor(self.dataset.grades)
+
+    @property
+    def image_ids(self) -> list[str]:
+        return self.dataset.image_ids
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.dataset.split["source"])
+
+    def batches(self, plan: Iterator[BatchPlan]) -> Iterator[dict[str, torch.Tensor]]:
+        requests: list[list[ViewRequest]] = [[(row, (view,)) for row, view in batch] for batch in plan]
+        device = self.accelerator.device
+        for batch in view_loader(self.dataset, requests, self.num_workers):
+            yield {"pixel_values": batch["pixel_values"].to(device), "labels": batch["labels"].to(device)}
+
+    def view_features(self, model: RetinaScanModel) -> torch.Tensor:
+        """Un-augmented features `[N, D]` under the model's current backbone weights."""
+        computed = compute_features(
+            model,
+            self.dataset,
+            [(row, (0,)) for row in range(len(self.dataset))],
+            accelerator=self.accelerator,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            progress=self.progress,
+            description="backbone features",
+        )
+        features = torch.empty(len(self.dataset), model.config.embedding_dim)
+        features[computed.rows] = computed.features
+        return features
+
+
+TrainingSplit = CachedSplit | ImageSplit
+
+__all__ = ["BatchPlan", "CachedSplit", "ImageSplit", "TrainingSplit", "epoch_plan"]
