@@ -145,6 +145,8 @@ class RetinaScanPreTrainedModel(PreTrainedModel):
             init.copy_(module.bias, torch.arange(num_tasks, 0, -1, dtype=module.bias.dtype) / num_tasks)
         elif isinstance(module, RetinaScanModel):
             init.zeros_(module.text_prototypes)
+            init.zeros_(module.feature_mean)
+            init.ones_(module.feature_std)
 
 
 class RetinaScanModel(RetinaScanPreTrainedModel):
@@ -163,6 +165,11 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         # Text embeddings of the grade descriptions: computed once (see `compute_text_prototypes`) and saved
         # with the weights, so inference never needs a tokenizer.
         self.register_buffer("text_prototypes", torch.zeros(config.num_labels, dim), persistent=True)
+        # Standardisation of backbone features before the heads (identity until `set_feature_statistics`).
+        # CLIP image features share a large common component; removing it lets the small heads see the
+        # per-image variation, which otherwise is a tiny fraction of each feature's magnitude.
+        self.register_buffer("feature_mean", torch.zeros(dim), persistent=True)
+        self.register_buffer("feature_std", torch.ones(dim), persistent=True)
         self.post_init()
         if config.freeze_backbone:
             self.clip.requires_grad_(False)
@@ -212,6 +219,19 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         self.text_prototypes.copy_(F.normalize(text.pooler_output.float(), dim=-1))
         return self.text_prototypes
 
+    @torch.no_grad()
+    def set_feature_statistics(self, image_features: torch.Tensor, eps: float = 1e-6) -> None:
+        """Standardise backbone features with the per-dimension mean and std of `image_features` `[..., D]`.
+
+        Training calls this once with the (cached) training features, before fitting the heads; the
+        statistics are saved with the weights, so inference applies the same standardisation.
+        """
+        flat = image_features.detach().reshape(-1, image_features.shape[-1]).float()
+        if flat.shape[0] < 2:
+            raise ValueError("Feature statistics need at least two feature vectors.")
+        self.feature_mean.copy_(flat.mean(dim=0))
+        self.feature_std.copy_(flat.std(dim=0).clamp_min(eps))
+
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Backbone: pixels `[B, 3, H, W]` -> CLIP image features `[B, D]` (projected pooler output)."""
         return self.clip.get_image_features(pixel_values=pixel_values).pooler_output
@@ -220,7 +240,10 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         """Trainable heads on backbone features `[B, D]`; the loss when `labels` `[B]` are given."""
         config = self.config
         image_features = image_features.to(self.projection.fc1.weight.dtype)
-        projected = self.projection(image_features)
+        standardised = (image_features - self.feature_mean.to(image_features.dtype)) / self.feature_std.to(
+            image_features.dtype
+        )
+        projected = self.projection(standardised)
         embeddings = F.normalize(projected, dim=-1)
         ordinal_logits = self.coral(projected)
         prototypes = self.text_prototypes.to(embeddings.dtype)

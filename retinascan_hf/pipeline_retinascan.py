@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Pipeline
 
-from .feature_bank import FeatureBank
+from .feature_bank import FeatureBank, NeighborResult
 from .image_processing_retinascan import describe_input
 
 MODES = ("knn", "ordinal", "prototype")
@@ -36,6 +36,28 @@ def _as_list(value: Any) -> list:
 
 def _first(value: Any) -> Any:
     return _as_list(value)[0]
+
+
+def decide(
+    outputs: Any, mode: str, config: Any, bank: FeatureBank | None = None, k: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, NeighborResult | None]:
+    """Scores `[B, K]`, grades `[B]` (and, for kNN, the neighbours) of one decision mode.
+
+    `outputs` is anything with the fields of `RetinaScanOutput` (`embeddings`, `probs`, `predicted_grade`,
+    `prototype_logits`). The pipeline and the training-time evaluation both call this, so a model is
+    evaluated exactly as it will be served.
+    """
+    if mode == "knn":
+        if bank is None:
+            raise ValueError("mode='knn' needs a feature bank.")
+        neighbors = bank.knn(outputs.embeddings.float(), k=k or config.knn_k, weighting=config.knn_weighting)
+        return neighbors.scores, neighbors.grades, neighbors
+    if mode == "ordinal":
+        return outputs.probs, outputs.predicted_grade, None
+    if mode == "prototype":
+        scores = F.softmax(outputs.prototype_logits.float() / config.prototype_calibration_temperature, dim=-1)
+        return scores, scores.argmax(dim=-1), None
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
 
 
 def pipeline_registration() -> dict[str, dict[str, Any]]:
@@ -152,7 +174,7 @@ class RetinaScanPipeline(Pipeline):
         neighbor_sim = torch.zeros(batch, k)
         if valid.any():
             outputs = self.model(pixel_values=pixel_values[valid.to(pixel_values.device)].to(self.model.dtype))
-            good_scores, good_grades, neighbors = self._decide(outputs, mode, k)
+            good_scores, good_grades, neighbors = decide(outputs, mode, self.model.config, self.feature_bank, k)
             scores[valid], grades[valid] = good_scores.float().cpu(), good_grades.cpu()
             if neighbors is not None:
                 width = neighbors.indices.shape[1]
@@ -168,17 +190,6 @@ class RetinaScanPipeline(Pipeline):
             "error": _as_list(model_inputs["error"]),
             "error_type": _as_list(model_inputs["error_type"]),
         }
-
-    def _decide(self, outputs, mode: str, k: int):
-        """Scores `[B, K]` and grades `[B]` for one decision mode (and the neighbours for kNN)."""
-        config = self.model.config
-        if mode == "knn":
-            neighbors = self.feature_bank.knn(outputs.embeddings.float(), k=k, weighting=config.knn_weighting)
-            return neighbors.scores, neighbors.grades, neighbors
-        if mode == "ordinal":
-            return outputs.probs, outputs.predicted_grade, None
-        scores = F.softmax(outputs.prototype_logits.float() / config.prototype_calibration_temperature, dim=-1)
-        return scores, scores.argmax(dim=-1), None
 
     def postprocess(self, model_outputs: dict[str, Any], return_neighbors: bool = False) -> dict[str, Any]:
         if not bool(model_outputs["valid"].reshape(-1)[0]):
@@ -228,4 +239,4 @@ class RetinaScanPipeline(Pipeline):
             self.feature_bank.save_pretrained(save_directory)
 
 
-__all__ = ["MODES", "RetinaScanPipeline", "pipeline_registration"]
+__all__ = ["MODES", "RetinaScanPipeline", "decide", "pipeline_registration"]

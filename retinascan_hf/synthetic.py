@@ -60,10 +60,10 @@ def render_fundus(grade: int, size: int = 96, rng: np.random.Generator | None = 
 
     (red_lo, red_hi), (ex_lo, ex_hi), (nv_lo, nv_hi) = _LESIONS_PER_GRADE[grade]
     for x, y in random_points(int(rng.integers(red_lo, red_hi + 1))):
-        r = side * rng.uniform(0.006, 0.016)
+        r = side * rng.uniform(0.012, 0.024)
         draw.ellipse([x - r, y - r, x + r, y + r], fill=(90, 10, 10))
     for x, y in random_points(int(rng.integers(ex_lo, ex_hi + 1))):
-        r = side * rng.uniform(0.006, 0.014)
+        r = side * rng.uniform(0.012, 0.022)
         draw.ellipse([x - r, y - r, x + r, y + r], fill=(245, 230, 110))
     for x, y in random_points(int(rng.integers(nv_lo, nv_hi + 1))):
         squiggle = np.array([x, y]) + rng.normal(0, side * 0.03, size=(8, 2))

@@ -53,6 +53,17 @@ def tiny_clip_config(
     )
 
 
+def trainable_tiny_clip_config(image_size: int = 64) -> CLIPConfig:
+    """The tiny CLIP that `--backbone tiny` trains on: shallow and wide rather than deep and narrow.
+
+    With random weights, every extra layer and every narrow projection scrambles more of the input; one
+    64-wide layer with a 128-d projection keeps enough of the lesion signal for heads to learn from
+    (measured on synthetic fundus images: held-out QWK of a linear probe about 0.4 for the default tiny
+    config, about 0.8 for this one).
+    """
+    return tiny_clip_config(image_size=image_size, hidden_size=64, num_layers=1, projection_dim=128)
+
+
 def vit_b16_clip_config() -> CLIPConfig:
     """The real ViT-B/16 CLIP architecture (random weights), text tower sized for the byte tokenizer."""
     return CLIPConfig(

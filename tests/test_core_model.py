@@ -180,3 +180,26 @@ def test_bad_forward_inputs_raise_clear_errors(tiny_model_and_processor, kwargs,
     model, _ = tiny_model_and_processor
     with pytest.raises(ValueError, match=message):
         model(**kwargs)
+
+
+def test_feature_statistics_standardise_head_inputs_and_are_saved(tmp_path):
+    model, _ = random_retinascan(seed=4)
+    features = torch.randn(50, model.config.embedding_dim) * 3 + 7
+    with torch.no_grad():
+        before = model.forward_head(features).embeddings
+        model.set_feature_statistics(features)
+        after = model.forward_head(features).embeddings
+        shifted = model.forward_head(features * 2 - 5).embeddings
+    assert not torch.allclose(before, after)
+    assert torch.allclose(model.feature_mean, features.mean(0), atol=1e-5)
+    assert torch.allclose(model.feature_std, features.std(0), atol=1e-5)
+    # Standardisation makes the heads blind to the statistics' own affine frame:
+    model.set_feature_statistics(features * 2 - 5)
+    with torch.no_grad():
+        assert torch.allclose(model.forward_head(features * 2 - 5).embeddings, after, atol=1e-5)
+    assert not torch.allclose(shifted, after)
+    model.save_pretrained(tmp_path)
+    loaded = RetinaScanModel.from_pretrained(tmp_path)
+    assert torch.equal(loaded.feature_mean, model.feature_mean) and torch.equal(loaded.feature_std, model.feature_std)
+    with pytest.raises(ValueError, match="two feature vectors"):
+        model.set_feature_statistics(features[:1])

@@ -9,7 +9,7 @@ from accelerate import Accelerator
 from training_support import small_config
 
 from retinascan_hf import RetinaScanModel
-from retinascan_hf.tiny_clip import random_retinascan
+from retinascan_hf.tiny_clip import random_retinascan, trainable_tiny_clip_config
 from retinascan_hf.training import backbone_fingerprint, run_training
 from retinascan_hf.training.augment import FundusAugmentation
 from retinascan_hf.training.data import FundusViews
@@ -69,7 +69,7 @@ def test_other_seed_recomputes_only_augmented_views(tmp_path, corpus_dir):
     )
     # `--backbone tiny` draws its random backbone from the seed too: a new seed is a new backbone.
     assert other.metrics["feature_cache"]["total"]["reused"] == 0
-    model, processor = random_retinascan(seed=0)
+    model, processor = random_retinascan(trainable_tiny_clip_config(image_size=32), seed=0)  # run a's backbone
     views = FundusViews(synthetic_corpus(COUNTS, size=48)["train"], processor, FundusAugmentation(), seed=0)
     accelerator = Accelerator(cpu=True)
     cache = FeatureCache(cache_dir, backbone_fingerprint(model, processor), augmentation_key(FundusAugmentation(), 5))

@@ -10,9 +10,9 @@ from training_support import small_config
 from transformers import pipeline
 
 from retinascan_hf import FeatureBank, RetinaScanModel
-from retinascan_hf.pipeline_retinascan import MODES
+from retinascan_hf.pipeline_retinascan import MODES, decide
 from retinascan_hf.training import run_training
-from retinascan_hf.training.evaluation import decide, head_outputs
+from retinascan_hf.training.evaluation import head_outputs
 from retinascan_hf.training.synthetic_corpus import save_synthetic_corpus
 from retinascan_hf.training.tracking import read_csv_metrics
 
@@ -68,7 +68,7 @@ def test_pipeline_from_the_folder_grades_as_the_evaluation_did(result, corpus, m
     model = result.trainer.unwrapped_model
     split = run_splits(result)["test"]
     bank = FeatureBank.from_pretrained(result.model_dir)
-    _, grades = decide(head_outputs(model, split.view_features(model)), mode, model, bank)
+    _, grades, _ = decide(head_outputs(model, split.view_features(model)), mode, model.config, bank)
     assert predicted == grades.tolist()
     assert result.metrics["evaluation"]["test"][mode]["accuracy"] == pytest.approx(
         (torch.tensor(predicted) == torch.tensor(test["grade"])).float().mean().item()

@@ -1,7 +1,7 @@
 """Evaluate the heads on backbone features, in the three decision modes the pipeline offers.
 
-The decisions mirror `RetinaScanPipeline` (kNN vote over the feature bank, calibrated CORAL thresholds,
-calibrated prototype softmax); a test checks that both grade the same images identically.
+Decisions come from the pipeline's own `decide` (kNN vote over the feature bank, calibrated CORAL
+thresholds, calibrated prototype softmax), so evaluation grades exactly as the served model will.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..feature_bank import FeatureBank
 from ..modeling_retinascan import RetinaScanModel
-from ..pipeline_retinascan import MODES
+from ..pipeline_retinascan import MODES, decide
 from .metrics import grading_report
 
 
@@ -59,24 +58,6 @@ def _to_cpu(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.float().cpu() if tensor.is_floating_point() else tensor.cpu()
 
 
-def decide(
-    outputs: HeadOutputs, mode: str, model: RetinaScanModel, bank: FeatureBank | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores `[N, K]` and grades `[N]` of one decision mode, as the pipeline computes them."""
-    config = model.config
-    if mode == "knn":
-        if bank is None:
-            raise ValueError("mode='knn' needs a feature bank.")
-        neighbors = bank.knn(outputs.embeddings, k=config.knn_k, weighting=config.knn_weighting)
-        return neighbors.scores, neighbors.grades
-    if mode == "ordinal":
-        return outputs.probs, outputs.predicted_grade
-    if mode == "prototype":
-        scores = F.softmax(outputs.prototype_logits / config.prototype_calibration_temperature, dim=-1)
-        return scores, scores.argmax(dim=-1)
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-
-
 def evaluate_modes(
     model: RetinaScanModel,
     features: torch.Tensor,
@@ -89,7 +70,7 @@ def evaluate_modes(
     modes = [mode for mode in MODES if mode != "knn" or bank is not None]
     num_labels = model.config.num_labels
     return {
-        mode: grading_report(grades.cpu().numpy(), decide(outputs, mode, model, bank)[1].numpy(), num_labels)
+        mode: grading_report(grades.cpu().numpy(), decide(outputs, mode, model.config, bank)[1].numpy(), num_labels)
         for mode in modes
     }
 

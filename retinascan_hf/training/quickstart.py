@@ -40,7 +40,7 @@ class QuickstartResult:
 
 
 def quickstart_config(output_dir: Path, seed: int, progress: bool) -> TrainingConfig:
-    """The reference configuration, scaled to a 150-image corpus and a tiny head: 300 steps instead of
+    """The reference configuration, scaled to a 300-image corpus and a tiny head: 300 steps instead of
     ~20,000, hence a 10x learning rate and a 1-epoch warm-up."""
     return TrainingConfig(
         data=str(output_dir / CORPUS_DIR_NAME),

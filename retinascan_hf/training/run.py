@@ -22,7 +22,7 @@ from ..benchmarking import write_json_atomically
 from ..corpus import SPLITS
 from ..image_processing_retinascan import RetinaScanImageProcessor
 from ..modeling_retinascan import RetinaScanModel
-from ..tiny_clip import random_retinascan, tiny_clip_config
+from ..tiny_clip import random_retinascan, trainable_tiny_clip_config
 from .augment import FundusAugmentation
 from .config import TINY_BACKBONE, TrainingConfig
 from .data import FundusViews
@@ -47,7 +47,7 @@ def load_backbone(config: TrainingConfig) -> tuple[RetinaScanModel, RetinaScanIm
     """The untrained model and its processor: a pretrained CLIP (`from_backbone`), or the offline tiny one."""
     overrides = config.model_overrides()
     if config.backbone == TINY_BACKBONE:
-        clip_config = tiny_clip_config(image_size=config.tiny_image_size)
+        clip_config = trainable_tiny_clip_config(image_size=config.tiny_image_size)
         return random_retinascan(clip_config, seed=config.seed, **overrides)
     model = RetinaScanModel.from_backbone(config.backbone, **overrides)
     return model, RetinaScanImageProcessor.for_backbone(model.config.backbone_config)
@@ -136,6 +136,10 @@ def run_training(config: TrainingConfig, accelerator: Accelerator | None = None)
     corpus = load_corpus(config.data)
     splits, report = prepare_splits(model, processor, corpus, config, accelerator)
     timings["features_seconds"] = time.perf_counter() - started
+
+    train_split = splits["train"]
+    if isinstance(train_split, CachedSplit):
+        model.set_feature_statistics(train_split.features)
 
     started = time.perf_counter()
     trainer = RetinaScanTrainer(model, config, splits["train"], splits["validation"], accelerator)

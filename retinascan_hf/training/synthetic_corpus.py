@@ -20,7 +20,7 @@ from ..synthetic import synthetic_fundus_set
 SOURCE = "synthetic"
 # Images per grade 0-4 in each split: skewed towards grade 0 like screening data, every grade present.
 DEFAULT_GRADE_COUNTS: dict[str, tuple[int, ...]] = {
-    "train": (60, 24, 36, 16, 14),
+    "train": (120, 48, 72, 32, 28),
     "validation": (20, 10, 12, 8, 8),
     "test": (20, 10, 12, 8, 8),
 }
