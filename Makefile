@@ -32,3 +32,5 @@ test: install lint
 
 benchmark: install
 	$(PY) scripts/benchmark_inference.py
+	$(PY) scripts/benchmark_training.py
+	$(PY) scripts/benchmark_corpus_build.py

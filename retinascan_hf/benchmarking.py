@@ -59,13 +59,15 @@ class BenchmarkReport:
         rows.append(f"\npeak RSS: {peak_rss_mib():.0f} MiB; {machine_summary()}")
         return "\n".join(rows)
 
-    def write_json(self, path: str | os.PathLike) -> Path:
+    def write_json(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
+        """Write the report (and any `extra` top-level fields, e.g. a summary) as JSON, atomically."""
         payload = {
             "title": self.title,
             "baseline": self.baseline,
             "machine": machine_summary(),
             "peak_rss_mib": round(peak_rss_mib(), 1),
             "measurements": [{**asdict(m), "ms_per_item": m.ms_per_item} for m in self.measurements],
+            **(extra or {}),
         }
         return write_json_atomically(path, payload)
 

@@ -9,11 +9,9 @@ python scripts/benchmark_training.py [--train-size 16231] [--epochs 50] [--batch
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
-from retinascan_hf.benchmarking import write_json_atomically
 from retinascan_hf.training.benchmark import format_summary, run_training_benchmark
 
 
@@ -32,9 +30,7 @@ def main() -> None:
     print(report.table())
     print()
     print(format_summary(summary))
-    path = report.write_json(args.output)
-    write_json_atomically(path, {**json.loads(path.read_text()), "summary": summary})
-    print(f"\nwrote {path}")
+    print(f"\nwrote {report.write_json(args.output, extra={'summary': summary})}")
 
 
 if __name__ == "__main__":
