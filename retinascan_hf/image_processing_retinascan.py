@@ -55,13 +55,12 @@ def describe_input(source: Any) -> str:
 
 
 def _read_url(url: str, timeout: float | None) -> bytes:
-    # Imported lazily: only URL inputs need an HTTP client, and huggingface_hub's session honours the
-    # user's proxy and offline settings.
-    from huggingface_hub import get_session
+    """Fetch an image URL with the standard library (no extra dependency); HTTP errors become OSError."""
+    from urllib.request import Request, urlopen
 
-    response = get_session().get(url, timeout=timeout, follow_redirects=True)
-    response.raise_for_status()
-    return response.content
+    request = Request(url, headers={"User-Agent": "retinascan"})
+    with urlopen(request, timeout=timeout if timeout is not None else 30.0) as response:
+        return response.read()
 
 
 def _open(source: FundusInput, timeout: float | None) -> Image.Image:

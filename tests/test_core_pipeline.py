@@ -134,3 +134,24 @@ def test_pipeline_save_pretrained_writes_a_complete_folder(grader, tmp_path, fun
     assert {"modeling_retinascan.py", "pipeline_retinascan.py", "feature_bank.py"} <= names
     reloaded = pipeline("retinascan", model=str(tmp_path), trust_remote_code=True)
     assert reloaded(fundus_images[1])["grade"] == 1
+
+
+def test_url_inputs_are_fetched_and_http_errors_flagged(grader, fundus_images, tmp_path):
+    """A URL served from loopback (never the network): graded like the file; a 404 is a flagged item."""
+    import functools
+    import http.server
+    import threading
+
+    fundus_images[4].save(tmp_path / "fundus.png")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        results = grader([f"{base}/fundus.png", f"{base}/missing.png"], timeout=10)
+    finally:
+        server.shutdown()
+    assert results[0]["grade"] == grader(str(tmp_path / "fundus.png"))["grade"] == 4
+    assert results[1]["gradable"] is False and results[1]["error_type"] == "InvalidImageError"
+    assert "missing.png" in results[1]["error"]
