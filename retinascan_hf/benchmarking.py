@@ -6,7 +6,6 @@ seconds on a shared 2-core CPU say little on their own.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -17,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from .atomic_io import write_json_atomically
 
 
 @dataclass
@@ -70,16 +71,6 @@ class BenchmarkReport:
             **(extra or {}),
         }
         return write_json_atomically(path, payload)
-
-
-def write_json_atomically(path: str | os.PathLike, payload: dict) -> Path:
-    """Write JSON via a temp file and a rename, so an interrupted run leaves the old file intact."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_suffix(target.suffix + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(temporary, target)
-    return target
 
 
 def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:

@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from retinascan_hf.benchmarking import machine_summary, peak_rss_mib, write_json_atomically
+from retinascan_hf.atomic_io import write_json_atomically
+from retinascan_hf.benchmarking import machine_summary, peak_rss_mib
 from retinascan_hf.corpus import build_corpus
 
 

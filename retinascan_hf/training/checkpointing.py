@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..corpus.storage import atomic_directory
+from ..atomic_io import atomic_directory
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
 WEIGHTS_NAME = "model.safetensors"  # what Accelerate's save_state names the first model's weights

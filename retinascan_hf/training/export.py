@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from ..corpus.storage import atomic_directory
+from ..atomic_io import atomic_directory
 from ..feature_bank import FeatureBank
 from ..image_processing_retinascan import RetinaScanImageProcessor
 from ..modeling_retinascan import RetinaScanModel

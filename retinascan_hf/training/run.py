@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from ..benchmarking import write_json_atomically
+from ..atomic_io import write_json_atomically
 from ..corpus import SPLITS
 from ..image_processing_retinascan import RetinaScanImageProcessor
 from ..modeling_retinascan import RetinaScanModel

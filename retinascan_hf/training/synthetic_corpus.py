@@ -13,8 +13,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from ..atomic_io import atomic_directory
 from ..corpus import corpus_features
-from ..corpus.storage import atomic_directory
 from ..synthetic import synthetic_fundus_set
 
 SOURCE = "synthetic"
