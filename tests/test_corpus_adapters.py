@@ -163,9 +163,9 @@ CASES: dict[str, tuple[str, Callable[[Path], Path], list[Fields]]] = {
             [("imgs/a/x.png", "1,clinic,p1", OK), ("imgs/b/x.png", "2,,", OK), ("imgs/c.jpg", "3,clinic,p1", OK)],
         ),
         [
-            expect("clinic/imgs/a/x", 1, "clinic/p1"),
+            expect("clinic/imgs/a/x", 1, "csv/p1"),  # patients are namespaced by the CSV, not the source
             expect("csv/imgs/b/x", 2),
-            expect("clinic/imgs/c", 3, "clinic/p1"),
+            expect("clinic/imgs/c", 3, "csv/p1"),
         ],
     ),
     "csv-two-columns": (

@@ -18,6 +18,7 @@ from corpus_layouts import (
     ddr_layout,
     eyepacs_layout,
     gdrbench_layout,
+    generic_csv_layout,
     messidor2_layout,
 )
 
@@ -149,8 +150,8 @@ def test_same_seed_rebuilds_identically_other_seed_differs(
 
 def test_rebuild_replaces_output_and_a_failed_build_leaves_it_intact(sources: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "corpus"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
+    build_corpus({"aptos": sources["aptos"]}, out, progress=False)
+    (out / "stale.txt").write_text("old")  # a previous build's folder (it holds build_report.json)
     build_corpus({"aptos": sources["aptos"]}, out, progress=False)
     assert not (out / "stale.txt").exists()
     before = split_ids(out)
@@ -216,3 +217,38 @@ def test_saved_corpus_outlives_its_sources_and_keeps_empty_splits(sources: dict[
     assert corpus["test"].num_rows == 0
     assert corpus["train"].num_rows + corpus["validation"].num_rows == 12
     assert corpus["validation"][0]["image"].size == (32, 32)
+
+
+def test_csv_patient_seen_by_two_cameras_stays_on_one_side(tmp_path: Path) -> None:
+    rows = [
+        (f"{camera}/{patient}_{eye}.png", f"{patient % 5},{camera},P{patient}", "ok")
+        for patient in range(40)
+        for camera in ("camA", "camB")
+        for eye in ("l", "r")
+    ]
+    csv_path = generic_csv_layout(tmp_path / "csv" / "labels.csv", "image_path,grade,source,patient_id", rows)
+    build_corpus({"csv": csv_path}, tmp_path / "out", seed=3, progress=False)
+    corpus = datasets.load_from_disk(str(tmp_path / "out"))
+    sides: dict[str, set[str]] = defaultdict(set)
+    for split in SPLITS:
+        for patient in corpus[split]["patient_id"]:
+            sides[patient].add(split)
+    assert len(sides) == 40 and all(len(names) == 1 for names in sides.values())
+    assert {"camA", "camB"} <= set(corpus["train"]["source"])
+
+
+@pytest.mark.parametrize("where", ["working_folder", "parent_of_source"])
+def test_build_never_replaces_a_folder_it_did_not_write(tmp_path: Path, where: str) -> None:
+    source = eyepacs_layout(tmp_path / "data" / "eyepacs", [("1_left", 0, OK), ("1_right", 1, OK)])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    out = tmp_path if where == "working_folder" else tmp_path / "data"
+    with pytest.raises((ValueError, FileExistsError)):
+        build_corpus({"eyepacs": source}, out, progress=False)
+    assert notes.read_text() == "keep me" and (source / "trainLabels.csv").is_file()
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    (unrelated / "thesis.tex").write_text("draft")
+    with pytest.raises(FileExistsError, match="not written by this tool"):
+        build_corpus({"eyepacs": source}, unrelated, progress=False)
+    assert (unrelated / "thesis.tex").read_text() == "draft"

@@ -79,7 +79,7 @@ def test_other_seed_recomputes_only_augmented_views(tmp_path, corpus_dir):
     assert vars(stats) == {"reused": len(views), "computed": 2 * len(views)}  # view 0 is seed-independent
 
 
-def test_cache_is_keyed_by_image_id_and_matches_direct_forwards(tmp_path):
+def test_cache_is_keyed_by_image_and_matches_direct_forwards(tmp_path):
     model, processor = random_retinascan(seed=0)
     split = synthetic_corpus({"train": (2,) * 5}, size=48)["train"]
     augmentation = FundusAugmentation()
@@ -101,6 +101,29 @@ def test_cache_is_keyed_by_image_id_and_matches_direct_forwards(tmp_path):
         direct = model.forward_features(processor(list(split.select([7, 3])["image"]))["pixel_values"])
     assert torch.allclose(everything[:2, 0], direct, atol=1e-5)
     assert not torch.allclose(everything[:, 0], everything[:, 1])  # view 1 is augmented
+
+
+def test_an_image_id_reused_for_another_picture_is_recomputed_not_served_stale(tmp_path):
+    model, processor = random_retinascan(seed=0)
+    augmentation = FundusAugmentation()
+    cache = FeatureCache(tmp_path, backbone_fingerprint(model, processor), augmentation_key(augmentation, 0))
+    small = synthetic_corpus({"train": (1,) * 5}, size=48, seed=0)["train"]
+    other = synthetic_corpus({"train": (1,) * 5}, size=48, seed=1)["train"]  # same image ids, other pictures
+    assert small["image_id"] == other["image_id"]
+
+    def features(split):
+        views = FundusViews(split, processor, augmentation, seed=0)
+        return cached_features(
+            model, views, "train", 1, cache=cache, accelerator=Accelerator(cpu=True), batch_size=8, progress=False
+        )
+
+    first, _ = features(small)
+    second, stats = features(other)
+    assert vars(stats) == {"reused": 0, "computed": 5}
+    with torch.no_grad():
+        direct = model.forward_features(processor(list(other["image"]))["pixel_values"])
+    assert torch.allclose(second[:, 0], direct, atol=1e-5) and not torch.allclose(second, first)
+    assert vars(features(small)[1]) == {"reused": 5, "computed": 0}  # both versions stay cached
 
 
 def test_fingerprint_follows_weights_and_processor_not_the_heads():

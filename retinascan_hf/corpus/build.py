@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from retinascan_hf.atomic_io import atomic_directory
+from retinascan_hf.atomic_io import atomic_directory, check_replaceable
 from retinascan_hf.corpus.adapters import ADAPTERS
 from retinascan_hf.corpus.dataset import save_corpus, to_dataset_dict
 from retinascan_hf.corpus.report import REPORT_FILE, BuildReport
@@ -47,6 +47,7 @@ def build_corpus(
     check and hash images.
     The same sources, protocol, seed and ratios always give the same splits.
     """
+    _check_output_is_apart(Path(out_dir), sources)
     plan = Protocol.parse(protocol)
     if not (0 <= val_ratio < 1 and 0 <= test_ratio < 1 and val_ratio + test_ratio < 1):
         raise ValueError(f"need 0 <= val_ratio, test_ratio and a sum below 1; got {val_ratio}, {test_ratio}")
@@ -63,7 +64,17 @@ def build_corpus(
         val_ratio=val_ratio,
         test_ratio=test_ratio,
     )
-    with atomic_directory(Path(out_dir)) as staging:
+    with atomic_directory(Path(out_dir), marker=REPORT_FILE) as staging:
         save_corpus(to_dataset_dict(kept, split_names), staging, progress=progress)
         report.save(staging / REPORT_FILE)
     return report
+
+
+def _check_output_is_apart(out_dir: Path, sources: Mapping[str, Path]) -> None:
+    """Fail before any work if writing ``out_dir`` could destroy a source or a folder we did not make."""
+    target = out_dir.resolve()
+    for kind, source in sources.items():
+        source_path = Path(source).resolve()
+        if source_path == target or source_path.is_relative_to(target):
+            raise ValueError(f"--out {out_dir} contains the {kind} source {source}: replacing it would delete it.")
+    check_replaceable(target, REPORT_FILE)

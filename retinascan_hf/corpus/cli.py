@@ -87,7 +87,7 @@ def run_build(args: argparse.Namespace) -> int:
             test_ratio=args.test_ratio,
             num_proc=args.num_proc,
         )
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"retinascan data build: error: {error}", file=sys.stderr)
         return 2
     print(format_table(report.source_table()), end="\n\n")

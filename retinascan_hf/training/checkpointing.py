@@ -125,7 +125,7 @@ def save_checkpoint(accelerator: Accelerator, root: Path, global_step: int, keep
 
 def save_best_weights(model: nn.Module, directory: Path, metadata: dict[str, str]) -> None:
     """Replace `directory` atomically with the model's trainable state (main process only)."""
-    with atomic_directory(directory) as staging:
+    with atomic_directory(directory, marker=BEST_WEIGHTS_NAME) as staging:
         state = {name: tensor.detach().cpu().contiguous() for name, tensor in trainable_state(model).items()}
         save_file(state, str(staging / BEST_WEIGHTS_NAME), metadata=metadata)
 

@@ -7,6 +7,7 @@ exact picture the pipeline sees at inference.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,15 @@ from tqdm.auto import tqdm
 from ..image_processing_retinascan import RetinaScanImageProcessor
 from ..modeling_retinascan import RetinaScanModel
 from .augment import FundusAugmentation
+
+
+def _content_digest(encoded: dict[str, Any]) -> str:
+    data = encoded.get("bytes")
+    if data is None:
+        with open(encoded["path"], "rb") as handle:
+            data = handle.read()
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
 
 # A unit of work: one corpus row and the views of it to produce.
 ViewRequest = tuple[int, tuple[int, ...]]
@@ -50,6 +60,22 @@ class FundusViews(Dataset):
         self.seed = seed
         self.image_ids: list[str] = list(split["image_id"])
         self.grades: list[int] = list(split["grade"])
+        self._cache_keys: list[str] | None = None
+
+    @property
+    def cache_keys(self) -> list[str]:
+        """`<image_id>@<content digest>` per row: what the feature cache is keyed by.
+
+        The id alone is not enough: two corpora can reuse an id for different pictures (a 256 px copy and
+        the camera original of one EyePACS image), and a shared cache must never serve one's features
+        for the other. Hashing the encoded bytes costs a read of each file, no decoding.
+        """
+        if self._cache_keys is None:
+            self._cache_keys = [
+                f"{image_id}@{_content_digest(encoded)}"
+                for image_id, encoded in zip(self.image_ids, self.split["image"], strict=True)
+            ]
+        return self._cache_keys
 
     def __len__(self) -> int:
         return len(self.split)

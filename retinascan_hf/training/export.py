@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from transformers.utils import CONFIG_NAME
 
 from ..atomic_io import atomic_directory
 from ..feature_bank import FeatureBank
@@ -98,7 +99,7 @@ def finalize(
     if "test" in evaluation:
         metrics["majority_baseline_test"] = majority_baseline(splits["train"].grades, splits["test"].grades)
     if accelerator.is_main_process:
-        with atomic_directory(model_dir) as staging:
+        with atomic_directory(model_dir, marker=CONFIG_NAME) as staging:
             model.save_pretrained(staging)
             processor.save_pretrained(staging)
             bank.save_pretrained(staging)

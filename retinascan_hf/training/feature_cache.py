@@ -1,12 +1,14 @@
-"""On-disk cache of frozen-backbone features, keyed by backbone+processor fingerprint, split, view and image id.
+"""On-disk cache of frozen-backbone features, keyed by backbone+processor fingerprint, split, view and image.
 
 With a frozen backbone, every epoch would push the same pixels through the same weights: the reference
 project spent most of its ~6 GPU-hours doing exactly that. Here each `(image, view)` goes through CLIP once,
 ever: features land in `cache_dir/<fingerprint>/<split>-view<v>[-<augmentation key>].safetensors` (float32
-rows plus their image ids in the metadata), and every later epoch, and every later run with the same backbone
-weights, processor settings and augmentation, reads them back. Shards are keyed by image id, not by row, so
-re-splitting or extending the corpus recomputes only images never seen before. Files are replaced atomically,
-so a killed run never leaves a torn shard behind.
+rows plus their keys in the metadata), and every later epoch, and every later run with the same backbone
+weights, processor settings and augmentation, reads them back. Rows are keyed by image id *and* a digest of
+the encoded image (`FundusViews.cache_keys`), not by row position: extending a split recomputes only its new
+images, and an id reused for a different picture is recomputed, never served stale. (Shards are per split, so
+moving an image to another split recomputes it.) Files are replaced atomically, so a killed run never leaves
+a torn shard behind.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .augment import FundusAugmentation
 from .data import FundusViews, compute_features
 
 _FORMAT = "retinascan-feature-cache"
-_VERSION = "1"
+_VERSION = "2"  # rows keyed by `<image_id>@<content digest>`
 FLUSH_EVERY = 2048  # images between shard rewrites: a killed run loses at most this much backbone work
 
 
@@ -97,6 +99,8 @@ class FeatureCache:
             metadata = handle.metadata() or {}
             if metadata.get("format") != _FORMAT or metadata.get("fingerprint") != self.fingerprint:
                 raise ValueError(f"{path} is not a feature-cache shard of fingerprint {self.fingerprint}.")
+            if metadata.get("version") != _VERSION:  # older key scheme: start the shard afresh
+                return _Shard([], torch.empty(0, dim))
             features = handle.get_tensor("features")
         image_ids = json.loads(metadata["image_ids"])
         if features.shape != (len(image_ids), dim):
@@ -144,13 +148,13 @@ def cached_features(
     rows_of = [shard.row_of() for shard in shards]
     features = torch.empty(len(dataset), n_views, dim)
     for view, (shard, row_of) in enumerate(zip(shards, rows_of, strict=True)):
-        known = [(row, row_of[image_id]) for row, image_id in enumerate(dataset.image_ids) if image_id in row_of]
+        known = [(row, row_of[key]) for row, key in enumerate(dataset.cache_keys) if key in row_of]
         if known:
             rows, stored = map(torch.tensor, zip(*known, strict=True))
             features[rows, view] = shard.features[stored]
     requests = []
-    for row, image_id in enumerate(dataset.image_ids):
-        missing = tuple(view for view in range(n_views) if image_id not in rows_of[view])
+    for row, key in enumerate(dataset.cache_keys):
+        missing = tuple(view for view in range(n_views) if key not in rows_of[view])
         if missing:
             requests.append((row, missing))
     computed_rows = 0
@@ -172,7 +176,7 @@ def cached_features(
             for view in computed.views.unique().tolist():
                 new_rows = computed.rows[computed.views == view]
                 shards[view] = _Shard(
-                    shards[view].image_ids + [dataset.image_ids[row] for row in new_rows.tolist()],
+                    shards[view].image_ids + [dataset.cache_keys[row] for row in new_rows.tolist()],
                     torch.cat([shards[view].features, features[new_rows, view]]),
                 )
                 cache.write(split, view, shards[view])

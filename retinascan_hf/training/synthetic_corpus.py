@@ -59,7 +59,7 @@ def save_synthetic_corpus(
 ) -> datasets.DatasetDict:
     """Build a synthetic corpus and write it (atomically) where `datasets.load_from_disk` reads it."""
     corpus = synthetic_corpus(grade_counts, size=size, seed=seed)
-    with atomic_directory(Path(directory)) as staging:
+    with atomic_directory(Path(directory), marker=datasets.config.DATASETDICT_JSON_FILENAME) as staging:
         corpus.save_to_disk(str(staging))
     return corpus
 

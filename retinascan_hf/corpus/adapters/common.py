@@ -61,6 +61,7 @@ def make_record(
     source: str,
     name: str,
     patient: str | None = None,
+    patient_namespace: str | None = None,
     eye: str | None = None,
     subset: str | None = None,
     ungradable: bool = False,
@@ -68,6 +69,8 @@ def make_record(
     """A :class:`Record` whose ids are namespaced by ``source`` and whose label is checked.
 
     Prefixing here, once, is what keeps ``image_id`` and ``patient_id`` unique across sources.
+    ``patient_namespace`` (default: ``source``) prefixes the patient instead, for label files whose
+    patient ids are shared by rows of different sources (one patient, two cameras).
     """
     grade = None if ungradable else parse_grade(grade_text)
     if ungradable:
@@ -82,7 +85,7 @@ def make_record(
         grade=grade,
         source=source,
         image_id=image_id,
-        patient_id=f"{source}/{patient}" if patient is not None else image_id,
+        patient_id=f"{patient_namespace or source}/{patient}" if patient is not None else image_id,
         eye=eye,
         subset=subset,
         issue=issue,

@@ -16,7 +16,8 @@ def read_generic_csv(csv_path: Path) -> Iterator[Record]:
 
     The image id is the path without its extension, so images in different sub-folders that share
     a file name stay distinct. A missing ``source`` cell falls back to ``"csv"``, a missing
-    ``patient_id`` to the image id.
+    ``patient_id`` to the image id. Patient ids are namespaced by the CSV, not by the row's source: a
+    patient photographed by two cameras (two sources) is still one patient, kept on one side of a split.
     """
     for row in read_csv_rows(csv_path, ("image_path", "grade")):
         image_path = PurePath(row["image_path"])
@@ -27,4 +28,5 @@ def read_generic_csv(csv_path: Path) -> Iterator[Record]:
             source=row.get("source") or SOURCE,
             name=name,
             patient=row.get("patient_id") or None,
+            patient_namespace=SOURCE,
         )
