@@ -105,8 +105,19 @@ class FeatureBank:
         counts = torch.bincount(self.grades, minlength=self.num_labels).tolist()
         return f"FeatureBank(size={len(self)}, dim={self.dim}, grades={counts})"
 
-    def check_compatible(self, embedding_dim: int, config_hash: str | None = None) -> None:
-        """Raise [`FeatureBankMismatchError`] if this bank cannot serve a model of `embedding_dim`."""
+    def check_compatible(
+        self, embedding_dim: int, config_hash: str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        """Raise [`FeatureBankMismatchError`] if this bank cannot serve a model of `embedding_dim` and `dtype`.
+
+        The search runs in float32, so any floating model dtype works with the fp16 bank; a model whose
+        embeddings are not floating point (an integer-quantised export) cannot be searched.
+        """
+        if dtype is not None and not dtype.is_floating_point:
+            raise FeatureBankMismatchError(
+                f"Feature bank holds {self.embeddings.dtype} embeddings; the model computes in {dtype}, "
+                "which cannot be compared by cosine similarity."
+            )
         if embedding_dim != self.dim:
             raise FeatureBankMismatchError(
                 f"Feature bank holds {self.dim}-d embeddings but the model produces {embedding_dim}-d embeddings."

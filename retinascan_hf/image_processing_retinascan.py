@@ -96,9 +96,22 @@ def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
         array = np.round(array * 255.0).astype(np.uint8)
     elif array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.integer):
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 65535:
+            raise InvalidImageError(f"Integer image {name} must hold values in [0, 65535], got {low}..{high}.")
+        array = array.astype(np.uint8) if high <= 255 else (array.astype(np.uint32) >> 8).astype(np.uint8)
     else:
         raise InvalidImageError(f"Unsupported array dtype for image {name}: {array.dtype}.")
     return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _full_scale(peak: float, mode: str) -> float:
+    """The white level of an "I"/"F" image: the smallest usual range (1.0, 8 or 16 bit) holding its peak."""
+    for scale in ((1.0,) if mode == "F" else ()) + (255.0, 65535.0):
+        if peak <= scale:
+            return scale
+    return peak
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -112,9 +125,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode.startswith("I") or image.mode == "F":
-        # 16/32-bit greyscale: scale by the format's range, not the image's, so dark stays dark.
+        # 16/32-bit greyscale: scale by the data's *format* range, not its own maximum, so dark stays dark.
         array = np.asarray(image, dtype=np.float64)
-        full_scale = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        full_scale = 65535.0 if image.mode.startswith("I;16") else _full_scale(float(array.max()), image.mode)
         array = np.clip(array / full_scale * 255.0, 0, 255).astype(np.uint8)
         return Image.fromarray(array).convert("RGB")
     return image.convert("RGB")
@@ -140,9 +153,11 @@ def load_fundus_image(
     elif isinstance(source, (str, os.PathLike, bytes, Image.Image)):
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                # Pillow's global warning level (~89 MP) is not ours: `max_image_pixels` is checked just below,
+                # still before any pixel is decoded. Pillow's hard error (~179 MP) stays a refusal.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 image = _open(source, timeout)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        except Image.DecompressionBombError as error:
             raise ImageTooLargeError(f"Refusing to decode {name}: {error}") from error
         except UnidentifiedImageError as error:
             raise InvalidImageError(f"{name} is not a readable image file.") from error
@@ -160,7 +175,8 @@ def load_fundus_image(
     if min(width, height) < min_image_size:
         raise InvalidImageError(f"Image {name} is {width}x{height}; at least {min_image_size} px per side is needed.")
     try:
-        if draft_size is not None and image.format == "JPEG":
+        # Draft mode reconfigures the decoder in place: only for files we opened, never a caller's image.
+        if draft_size is not None and image.format == "JPEG" and not isinstance(source, Image.Image):
             image.draft("RGB", (draft_size, draft_size))
         image = ImageOps.exif_transpose(image)
         image.load()
@@ -175,6 +191,7 @@ def find_fundus_box(
     threshold: float = 0.06,
     min_line_fraction: float = 0.1,
     min_fundus_fraction: float = 0.1,
+    min_contrast: float = 0.02,
     analysis_size: int = 256,
 ) -> tuple[int, int, int, int]:
     """Bounding box `(left, top, right, bottom)` of the bright fundus disc in `image`.
@@ -183,19 +200,25 @@ def find_fundus_box(
     to the image (a fraction of the 99th percentile, never below `threshold`), which keeps dim, vignetted
     edges. Rows and columns count as inside the disc only if at least `min_line_fraction` of the longest
     chord is bright: notch markers and text overlays are too short to pass, while the disc's top and
-    bottom tips lose only a sliver.
+    bottom tips lose only a sliver. A frame whose brightness hardly varies (standard deviation below
+    `min_contrast`, on a 0-1 scale) shows no fundus even if it is bright: a white or grey frame must be
+    flagged, not graded.
     """
     small = image.copy()
     small.thumbnail((analysis_size, analysis_size), Image.Resampling.BILINEAR)
     brightness = np.asarray(small, dtype=np.float32).max(axis=-1) / 255.0
     level = max(threshold, 0.15 * float(np.percentile(brightness, 99)))
     mask = brightness > level
+    if float(brightness.std()) < min_contrast:
+        raise NoFundusFoundError("a uniform frame (blank, over- or under-exposed)")
     rows, cols = mask.sum(axis=1), mask.sum(axis=0)
     longest = max(int(rows.max()), int(cols.max()))
     if longest < min_fundus_fraction * min(mask.shape):
-        raise NoFundusFoundError("no fundus found")
+        raise NoFundusFoundError("no bright disc")
     row_idx = np.flatnonzero(rows >= min_line_fraction * longest)
     col_idx = np.flatnonzero(cols >= min_line_fraction * longest)
+    if row_idx.size == 0 or col_idx.size == 0:  # e.g. a thin bright stripe: long in one direction only
+        raise NoFundusFoundError("no disc-shaped bright region")
     scale_x, scale_y = image.width / small.width, image.height / small.height
     return (
         int(np.floor(col_idx[0] * scale_x)),
@@ -227,6 +250,8 @@ class RetinaScanImageProcessor(BaseImageProcessor):
             Lowest brightness (0-1, brightest channel) that counts as fundus.
         min_fundus_fraction (`float`, defaults to 0.1):
             The disc must span at least this fraction of the shorter side, else [`NoFundusFoundError`].
+        min_fundus_contrast (`float`, defaults to 0.02):
+            A frame whose brightness varies less (standard deviation, 0-1 scale) is blank: [`NoFundusFoundError`].
         resample (`int`, defaults to `PIL.Image.BICUBIC`):
             Resampling filter for the final resize.
         do_normalize (`bool`, defaults to `True`), image_mean, image_std:
@@ -248,6 +273,7 @@ class RetinaScanImageProcessor(BaseImageProcessor):
         do_crop_fundus: bool = True,
         fundus_threshold: float = 0.06,
         min_fundus_fraction: float = 0.1,
+        min_fundus_contrast: float = 0.02,
         resample: int = Image.Resampling.BICUBIC,
         do_normalize: bool = True,
         image_mean: Sequence[float] | None = None,
@@ -267,6 +293,7 @@ class RetinaScanImageProcessor(BaseImageProcessor):
         self.do_crop_fundus = do_crop_fundus
         self.fundus_threshold = fundus_threshold
         self.min_fundus_fraction = min_fundus_fraction
+        self.min_fundus_contrast = min_fundus_contrast
         self.resample = int(resample)
         self.do_normalize = do_normalize
         self.image_mean = list(image_mean if image_mean is not None else OPENAI_CLIP_MEAN)
@@ -291,9 +318,14 @@ class RetinaScanImageProcessor(BaseImageProcessor):
     def crop_fundus(self, image: Image.Image, name: str = "<image>") -> Image.Image:
         """Crop to the fundus disc and pad to a square; raise [`NoFundusFoundError`] naming the input."""
         try:
-            box = find_fundus_box(image, threshold=self.fundus_threshold, min_fundus_fraction=self.min_fundus_fraction)
+            box = find_fundus_box(
+                image,
+                threshold=self.fundus_threshold,
+                min_fundus_fraction=self.min_fundus_fraction,
+                min_contrast=self.min_fundus_contrast,
+            )
         except NoFundusFoundError as error:
-            raise NoFundusFoundError(f"No visible fundus in {name}.") from error
+            raise NoFundusFoundError(f"No visible fundus in {name}: {error}.") from error
         return pad_to_square(image.crop(box))
 
     def to_model_image(self, source: FundusInput, timeout: float | None = None) -> Image.Image:

@@ -46,14 +46,21 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float) -> torc
     return (-((1.0 - log_p_true.exp()) ** gamma) * log_p_true).mean()
 
 
-def ordinal_probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def ordinal_probabilities(
+    logits: torch.Tensor, temperature: float = 1.0, thresholds: torch.Tensor | None = None
+) -> torch.Tensor:
     """CORAL logits `[B, K-1]` -> grade probabilities `[B, K]` that are non-negative and sum to 1.
 
-    `P(y > k)` is made non-increasing in `k` (a running minimum) before differencing: CORAL is
-    rank-consistent at its optimum, but an under-trained head can violate it slightly, and negative
+    `P(y > k) = sigmoid(logit_k / temperature - threshold_k)`. Shifting by the decision thresholds makes the
+    decision of [`ordinal_grades`] the median of this distribution, so reported scores never contradict the
+    reported grade. `P(y > k)` is made non-increasing in `k` (a running minimum) before differencing: CORAL
+    is rank-consistent at its optimum, but an under-trained head can violate it slightly, and negative
     "probabilities" must never reach a user.
     """
-    exceed = torch.sigmoid(logits.float() / temperature).cummin(dim=-1).values
+    scaled = logits.float() / temperature
+    if thresholds is not None:
+        scaled = scaled - thresholds.to(scaled)
+    exceed = torch.sigmoid(scaled).cummin(dim=-1).values
     ones = exceed.new_ones((*exceed.shape[:-1], 1))
     zeros = exceed.new_zeros((*exceed.shape[:-1], 1))
     cumulative = torch.cat([ones, exceed, zeros], dim=-1)
@@ -106,7 +113,8 @@ class RetinaScanOutput(ModelOutput):
         prototype_logits (`torch.FloatTensor` of shape `[B, num_labels]`):
             Cosine similarity to each grade's text prototype divided by `prototype_temperature`.
         probs (`torch.FloatTensor` of shape `[B, num_labels]`):
-            Grade probabilities from the calibrated ordinal head; rows sum to 1.
+            Grade probabilities from the calibrated ordinal head (temperature and thresholds); rows sum to 1,
+            and `predicted_grade` is their median.
         embeddings (`torch.FloatTensor` of shape `[B, D]`):
             L2-normalised projection output: what the feature bank stores and searches.
         predicted_grade (`torch.LongTensor` of shape `[B]`):
@@ -196,6 +204,24 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         model.compute_text_prototypes(tokenizer)
         return model
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, remembering where (and at which revision) the weights came from.
+
+        The pipeline reads `pretrained_source` to load the feature bank from the same repo *and commit* as
+        the weights: a bank from another revision would vote with embeddings of other weights.
+        """
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model.pretrained_source = {
+            "pretrained_model_name_or_path": str(pretrained_model_name_or_path),
+            "revision": kwargs.get("revision"),
+            "cache_dir": kwargs.get("cache_dir"),
+            "token": kwargs.get("token"),
+            "local_files_only": bool(kwargs.get("local_files_only", False)),
+            "subfolder": kwargs.get("subfolder") or "",
+        }
+        return model
+
     @torch.no_grad()
     def compute_text_prototypes(self, tokenizer, descriptions: list[str] | None = None) -> torch.Tensor:
         """Embed grade descriptions with CLIP's text tower into the `text_prototypes` buffer.
@@ -260,7 +286,7 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
             loss=loss,
             ordinal_logits=ordinal_logits,
             prototype_logits=prototype_logits,
-            probs=ordinal_probabilities(ordinal_logits, config.ordinal_temperature),
+            probs=ordinal_probabilities(ordinal_logits, config.ordinal_temperature, thresholds),
             embeddings=embeddings,
             predicted_grade=ordinal_grades(ordinal_logits, config.ordinal_temperature, thresholds),
             image_features=image_features,

@@ -99,14 +99,17 @@ class RetinaScanPipeline(Pipeline):
         if feature_bank is False:
             return None
         if feature_bank is None or feature_bank is True:
-            source = self.model.config.name_or_path
-            bank = FeatureBank.from_pretrained(source, missing_ok=True) if source else None
+            # Same repo, revision and cache as the weights (see RetinaScanModel.from_pretrained).
+            source = getattr(self.model, "pretrained_source", None)
+            bank = FeatureBank.from_pretrained(**source, missing_ok=True) if source else None
         elif isinstance(feature_bank, FeatureBank):
             bank = feature_bank
         else:
             bank = FeatureBank.from_pretrained(feature_bank)
         if bank is not None:
-            bank.check_compatible(self.model.config.embedding_dim, self.model.config.embedding_hash())
+            bank.check_compatible(
+                self.model.config.embedding_dim, self.model.config.embedding_hash(), dtype=self.model.dtype
+            )
         return bank
 
     def _sanitize_parameters(self, mode=None, k=None, return_neighbors=None, timeout=None, **kwargs):

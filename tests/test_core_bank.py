@@ -128,3 +128,10 @@ def test_config_hash_mismatch_warns():
 def test_invalid_banks_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FeatureBank(**kwargs)
+
+
+def test_a_non_floating_model_dtype_is_refused_naming_both_dtypes():
+    bank = random_bank(dim=16)
+    bank.check_compatible(16, dtype=torch.bfloat16)  # any floating dtype is searchable
+    with pytest.raises(FeatureBankMismatchError, match=r"torch\.float16.*torch\.int8"):
+        bank.check_compatible(16, dtype=torch.int8)

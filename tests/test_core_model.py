@@ -203,3 +203,13 @@ def test_feature_statistics_standardise_head_inputs_and_are_saved(tmp_path):
     assert torch.equal(loaded.feature_mean, model.feature_mean) and torch.equal(loaded.feature_std, model.feature_std)
     with pytest.raises(ValueError, match="two feature vectors"):
         model.set_feature_statistics(features[:1])
+
+
+def test_ordinal_grade_is_the_median_of_the_reported_probabilities():
+    generator = torch.Generator().manual_seed(7)
+    logits = torch.randn(500, 4, generator=generator) * 3
+    thresholds = torch.randn(4, generator=generator)
+    for temperature in (0.5, 1.0, 2.0):
+        probs = ordinal_probabilities(logits, temperature, thresholds)
+        median = (probs.cumsum(-1) >= 0.5).float().argmax(-1)
+        assert torch.equal(ordinal_grades(logits, temperature, thresholds), median)

@@ -224,3 +224,54 @@ def test_real_camera_originals_are_cropped_to_the_fundus(real_data_dir):
         middle_row = np.flatnonzero(array[112] > 15)
         assert middle_row[-1] - middle_row[0] > 0.9 * 224, path.name
         assert width * height > 9_000_000  # these are real 10-15 MP camera frames
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        np.full((120, 160, 3), 255, np.uint8),  # blown-out white
+        np.full((120, 160, 3), 128, np.uint8),  # uniform grey
+        np.full((20, 400, 3), 200, np.uint8),  # a bright strip, too thin to be a disc
+        np.pad(np.full((120, 5, 3), 220, np.uint8), ((0, 0), (80, 75), (0, 0))),  # a thin vertical stripe
+    ],
+    ids=["white", "grey", "strip", "stripe"],
+)
+def test_blank_and_non_disc_frames_have_no_fundus(processor, frame):
+    with pytest.raises(NoFundusFoundError, match="No visible fundus"):
+        processor(frame)
+
+
+def test_a_callers_pil_image_is_not_modified(tmp_path):
+    path = tmp_path / "camera.jpg"
+    disc_image(width=2400, height=1600, centre=(1200, 800), radius=760).save(path, quality=80)
+    with Image.open(path) as image:
+        RetinaScanImageProcessor(size=64)(image)
+        assert image.size == (2400, 1600)  # no draft mode applied to an image the caller opened
+
+
+@pytest.mark.parametrize(("peak", "expected"), [(200, 200), (4000, round(4000 / 65535 * 255)), (1.0, 255)])
+def test_32_bit_and_float_modes_use_their_format_range(peak, expected):
+    mode = "F" if isinstance(peak, float) else "I"
+    array = np.zeros((32, 32), np.float32 if mode == "F" else np.int32)
+    array[8:24, 8:24] = peak
+    image = Image.fromarray(array, mode=mode) if mode == "F" else Image.fromarray(array).convert("I")
+    rgb = np.asarray(load_fundus_image(image))
+    assert abs(int(rgb[16, 16, 0]) - expected) <= 1
+
+
+def test_integer_arrays_are_accepted_and_out_of_range_ones_refused(processor):
+    disc = np.asarray(disc_image(), np.uint8)
+    as_int32 = disc.astype(np.int32)
+    assert np.allclose(processor(as_int32)["pixel_values"].numpy(), processor(disc)["pixel_values"].numpy())
+    with pytest.raises(InvalidImageError, match="0, 65535"):
+        processor(as_int32 - 1)
+
+
+def test_our_pixel_limit_governs_until_pillows_hard_limit(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    disc_image(width=2000, height=1500, centre=(1000, 750), radius=700).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2_000_000)  # 3 MP: above Pillow's warning level only
+    assert RetinaScanImageProcessor(size=32, max_image_pixels=10_000_000)(str(path))["pixel_values"].shape[0] == 1
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # now past Pillow's hard limit (2x)
+    with pytest.raises(ImageTooLargeError, match=r"big\.png"):
+        RetinaScanImageProcessor(size=32, max_image_pixels=10_000_000)(str(path))
