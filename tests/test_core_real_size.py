@@ -33,6 +33,7 @@ def test_real_size_forward_shapes(real_size, fundus_images):
     assert 85e6 < vision_parameters < 87e6  # ViT-B/16 image tower
 
 
+@pytest.mark.real_data
 def test_real_size_round_trip_and_pipeline_on_a_real_photo(real_size, tmp_path, real_data_dir):
     model, processor = real_size
     photo = sorted((real_data_dir / "eyepacs-originals" / "train").glob("*.jpeg"))[0]

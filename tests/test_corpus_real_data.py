@@ -6,7 +6,6 @@ does. CI points ``RETINASCAN_REAL_DATA`` at the shared ``data`` folder.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -22,14 +21,8 @@ EYEPACS_GRADES = {0: 2034, 1: 182, 2: 409, 3: 58, 4: 26}
 
 
 @pytest.fixture(scope="module")
-def eyepacs_root() -> Path:
-    data = os.environ.get("RETINASCAN_REAL_DATA")
-    if not data:
-        pytest.skip("RETINASCAN_REAL_DATA is not set (point it at ../shared/data to run real-data tests)")
-    root = Path(data) / "eyepacs-256"
-    if not (root / "trainLabels.csv").is_file():
-        pytest.skip(f"RETINASCAN_REAL_DATA={data} has no eyepacs-256/trainLabels.csv")
-    return root
+def eyepacs_root(real_data_dir: Path) -> Path:
+    return real_data_dir / "eyepacs-256"
 
 
 def test_adapter_reads_the_kaggle_layout(eyepacs_root: Path) -> None:

@@ -1,0 +1,58 @@
+"""Train the offline tiny backbone on the real EyePACS-256 images and record the honest result.
+
+    python scripts/evaluate_eyepacs_tiny.py [--data ../shared/data/eyepacs-256] [--tiny-image-size 128]
+
+Builds the corpus (`retinascan data build`), trains with the reference configuration on a *random* tiny
+CLIP, and writes the test evaluation of every decision mode, next to the majority-class baseline, to
+benchmarks/eyepacs256_tiny_backbone.json. A random backbone is not expected to see real lesions: this
+shows that the real-data path runs end to end, and is not a clinical result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from retinascan_hf.atomic_io import write_json_atomically
+from retinascan_hf.benchmarking import machine_summary
+from retinascan_hf.corpus import build_corpus
+from retinascan_hf.training import run_training
+from retinascan_hf.training.config import TrainingConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/eyepacs-256"))
+    parser.add_argument("--tiny-image-size", type=int, default=128)
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/eyepacs256_tiny_backbone.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        build_corpus({"eyepacs": args.data}, Path(work) / "corpus", num_proc=2, progress=False)
+        config = TrainingConfig(
+            data=str(Path(work) / "corpus"),
+            output_dir=str(Path(work) / "run"),
+            cache_dir=str(Path(work) / "cache"),
+            backbone="tiny",
+            tiny_image_size=args.tiny_image_size,
+            cpu=True,
+            progress=False,
+        )
+        metrics = run_training(config).metrics
+    test = metrics["evaluation"]["test"]
+    summary = {
+        "machine": machine_summary(),
+        "tiny_image_size": args.tiny_image_size,
+        "images": {name: split["images"] for name, split in metrics["data"].items()},
+        "test": {mode: {"qwk": report["qwk"], "accuracy": report["accuracy"]} for mode, report in test.items()},
+        "majority_baseline_test": metrics["majority_baseline_test"],
+        "timings": metrics["timings"],
+    }
+    for mode, values in summary["test"].items():
+        print(f"{mode:<10} QWK {values['qwk']:+.3f}  accuracy {values['accuracy']:.3f}")
+    print(f"majority   {summary['majority_baseline_test']}")
+    print(f"wrote {write_json_atomically(args.output, summary)}")
+
+
+if __name__ == "__main__":
+    main()
