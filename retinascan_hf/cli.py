@@ -2,8 +2,8 @@
 
 Each feature area owns its sub-commands in its own module and exposes ``register(subparsers)``;
 this file only assembles them, so the CLI stays a thin argument parser over library calls.
-Heavy imports (torch, transformers, datasets) happen inside the command functions, keeping
-``retinascan --help`` fast.
+(Importing ``retinascan_hf`` registers the Auto classes, which loads torch and transformers: the
+command modules defer only the heavier work of each command to the moment it runs.)
 """
 
 from __future__ import annotations

@@ -8,8 +8,13 @@ same code path as with the 49,408-token OpenAI vocabulary.
 
 from __future__ import annotations
 
+import torch
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPConfig, CLIPTokenizer
+
+from .configuration_retinascan import RetinaScanConfig
+from .image_processing_retinascan import RetinaScanImageProcessor
+from .modeling_retinascan import RetinaScanModel
 
 BOS_TOKEN, EOS_TOKEN = "<|startoftext|>", "<|endoftext|>"
 
@@ -73,16 +78,12 @@ def vit_b16_clip_config() -> CLIPConfig:
     )
 
 
-def random_retinascan(clip_config: CLIPConfig | None = None, seed: int = 0, **config_overrides):
+def random_retinascan(
+    clip_config: CLIPConfig | None = None, seed: int = 0, **config_overrides
+) -> tuple[RetinaScanModel, RetinaScanImageProcessor]:
     """A RetinaScan model on a randomly initialised CLIP (tiny by default), prototypes computed, and its
     matching image processor. Deterministic for a given `seed`.
     """
-    import torch
-
-    from .configuration_retinascan import RetinaScanConfig
-    from .image_processing_retinascan import RetinaScanImageProcessor
-    from .modeling_retinascan import RetinaScanModel
-
     clip_config = clip_config if clip_config is not None else tiny_clip_config()
     torch.manual_seed(seed)
     model = RetinaScanModel(RetinaScanConfig(backbone_config=clip_config, **config_overrides))

@@ -1,7 +1,7 @@
 """`retinascan quickstart` and `retinascan train`: argument parsing only; the work is in the library.
 
-Registering imports only the configuration module (PyYAML and the standard library), so `retinascan --help`
-stays fast; torch, transformers and datasets load when a command runs.
+Registering imports only the configuration module; training, corpus and pipeline code load when a command
+runs.
 """
 
 from __future__ import annotations
