@@ -24,8 +24,8 @@ quickstart: install
 	$(VENV)/bin/retinascan quickstart
 
 lint: install
-	$(VENV)/bin/ruff check retinascan_hf scripts tests
-	$(VENV)/bin/ruff format --check retinascan_hf scripts tests
+	$(VENV)/bin/ruff check retinascan_hf scripts tests benchmarks
+	$(VENV)/bin/ruff format --check retinascan_hf scripts tests benchmarks
 
 test: install lint
 	$(PY) -m pytest -q

@@ -1,6 +1,6 @@
 """The ``retinascan`` console script.
 
-Each feature area owns its sub-commands in its own module and exposes ``register(subparsers)``;
+Each sub-command is one module of ``retinascan_hf.commands`` exposing ``register(subparsers)``;
 this file only assembles them, so the CLI stays a thin argument parser over library calls.
 (Importing ``retinascan_hf`` registers the Auto classes, which loads torch and transformers: the
 command modules defer only the heavier work of each command to the moment it runs.)
@@ -14,9 +14,10 @@ import sys
 from collections.abc import Sequence
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "retinascan_hf.commands.quickstart",
+    "retinascan_hf.commands.data",
+    "retinascan_hf.commands.train",
     "retinascan_hf.commands.grade",
-    "retinascan_hf.corpus.cli",
-    "retinascan_hf.training.cli",
 )
 
 

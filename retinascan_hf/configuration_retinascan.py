@@ -95,6 +95,9 @@ class RetinaScanConfig(PreTrainedConfig):
         coral_thresholds (`list[float]`, *optional*):
             One decision threshold per CORAL task, on the temperature-scaled logits. Zeros (probability
             0.5) by default; training tunes them on validation data.
+        referable_grade (`int`, defaults to 2):
+            Lowest grade that counts as *referable* DR (ICDR: moderate NPDR or worse). Screening programmes refer
+            at this cut-off; the pipeline's `referable` flag and the screening metrics use it.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the normal initialisation of the heads.
     """
@@ -118,6 +121,7 @@ class RetinaScanConfig(PreTrainedConfig):
     ordinal_temperature: float = 1.0
     prototype_calibration_temperature: float = 1.0
     coral_thresholds: list[float] | None = None
+    referable_grade: int = 2
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -151,6 +155,8 @@ class RetinaScanConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
         if self.knn_k < 1:
             raise ValueError(f"knn_k must be at least 1, got {self.knn_k}.")
+        if not 1 <= self.referable_grade < self.num_labels:
+            raise ValueError(f"referable_grade must lie in [1, {self.num_labels - 1}], got {self.referable_grade}.")
 
     @property
     def embedding_dim(self) -> int:

@@ -21,6 +21,9 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import ModelOutput
 
 from .configuration_retinascan import RetinaScanConfig
+from .feature_bank import FeatureBank, NeighborResult
+
+DECISION_MODES: tuple[str, ...] = ("knn", "ordinal", "prototype")
 
 
 def ordinal_levels(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
@@ -130,6 +133,51 @@ class RetinaScanOutput(ModelOutput):
     embeddings: torch.FloatTensor | None = None
     predicted_grade: torch.LongTensor | None = None
     image_features: torch.FloatTensor | None = None
+
+
+@dataclass
+class GradeDecision:
+    """What one decision mode concluded for a batch (see [`decide`]).
+
+    Args:
+        scores (`torch.FloatTensor` of shape `[B, num_labels]`):
+            Grade probabilities (kNN: weighted vote shares); rows sum to 1.
+        grades (`torch.LongTensor` of shape `[B]`):
+            The decided grade per image.
+        neighbors ([`NeighborResult`], *optional*):
+            For `mode="knn"`: the bank rows that voted, nearest first.
+    """
+
+    scores: torch.Tensor
+    grades: torch.Tensor
+    neighbors: NeighborResult | None = None
+
+
+def decide(
+    outputs: RetinaScanOutput,
+    mode: str,
+    config: RetinaScanConfig,
+    bank: FeatureBank | None = None,
+    k: int | None = None,
+) -> GradeDecision:
+    """The grades of one decision mode from head outputs.
+
+    `outputs` is anything with the fields of [`RetinaScanOutput`] (`embeddings`, `probs`, `predicted_grade`,
+    `prototype_logits`). The pipeline, evaluation and training all call this one function, so a model is
+    evaluated exactly as it is served. Modes: `"knn"` (vote of the `k` nearest `bank` rows), `"ordinal"`
+    (calibrated CORAL thresholds) and `"prototype"` (calibrated softmax over the text prototypes).
+    """
+    if mode == "knn":
+        if bank is None:
+            raise ValueError("mode='knn' needs a feature bank.")
+        neighbors = bank.knn(outputs.embeddings.float(), k=k or config.knn_k, weighting=config.knn_weighting)
+        return GradeDecision(neighbors.scores, neighbors.grades, neighbors)
+    if mode == "ordinal":
+        return GradeDecision(outputs.probs, outputs.predicted_grade)
+    if mode == "prototype":
+        scores = F.softmax(outputs.prototype_logits.float() / config.prototype_calibration_temperature, dim=-1)
+        return GradeDecision(scores, scores.argmax(dim=-1))
+    raise ValueError(f"mode must be one of {DECISION_MODES}, got {mode!r}.")
 
 
 class RetinaScanPreTrainedModel(PreTrainedModel):
@@ -327,12 +375,15 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
 
 
 __all__ = [
+    "DECISION_MODES",
+    "GradeDecision",
     "RetinaScanCoralHead",
     "RetinaScanModel",
     "RetinaScanOutput",
     "RetinaScanPreTrainedModel",
     "RetinaScanProjectionHead",
     "coral_loss",
+    "decide",
     "focal_loss",
     "ordinal_grades",
     "ordinal_levels",

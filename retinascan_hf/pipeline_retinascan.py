@@ -19,14 +19,11 @@ import warnings
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import Pipeline
 
-from .feature_bank import FeatureBank, NeighborResult
+from .feature_bank import FeatureBank
 from .image_processing_retinascan import describe_input
-
-MODES = ("knn", "ordinal", "prototype")
-REFERABLE_GRADE = 2  # ICDR: moderate NPDR or worse is referable
+from .modeling_retinascan import DECISION_MODES, decide
 
 
 def _as_list(value: Any) -> list:
@@ -36,28 +33,6 @@ def _as_list(value: Any) -> list:
 
 def _first(value: Any) -> Any:
     return _as_list(value)[0]
-
-
-def decide(
-    outputs: Any, mode: str, config: Any, bank: FeatureBank | None = None, k: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor, NeighborResult | None]:
-    """Scores `[B, K]`, grades `[B]` (and, for kNN, the neighbours) of one decision mode.
-
-    `outputs` is anything with the fields of `RetinaScanOutput` (`embeddings`, `probs`, `predicted_grade`,
-    `prototype_logits`). The pipeline and the training-time evaluation both call this, so a model is
-    evaluated exactly as it will be served.
-    """
-    if mode == "knn":
-        if bank is None:
-            raise ValueError("mode='knn' needs a feature bank.")
-        neighbors = bank.knn(outputs.embeddings.float(), k=k or config.knn_k, weighting=config.knn_weighting)
-        return neighbors.scores, neighbors.grades, neighbors
-    if mode == "ordinal":
-        return outputs.probs, outputs.predicted_grade, None
-    if mode == "prototype":
-        scores = F.softmax(outputs.prototype_logits.float() / config.prototype_calibration_temperature, dim=-1)
-        return scores, scores.argmax(dim=-1), None
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
 
 
 def pipeline_registration() -> dict[str, dict[str, Any]]:
@@ -119,8 +94,8 @@ class RetinaScanPipeline(Pipeline):
         if timeout is not None:
             preprocess_params["timeout"] = timeout
         if mode is not None:
-            if mode not in MODES:
-                raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+            if mode not in DECISION_MODES:
+                raise ValueError(f"mode must be one of {DECISION_MODES}, got {mode!r}.")
             forward_params["mode"] = mode
         if k is not None:
             if int(k) < 1:
@@ -177,8 +152,9 @@ class RetinaScanPipeline(Pipeline):
         neighbor_sim = torch.zeros(batch, k)
         if valid.any():
             outputs = self.model(pixel_values=pixel_values[valid.to(pixel_values.device)].to(self.model.dtype))
-            good_scores, good_grades, neighbors = decide(outputs, mode, self.model.config, self.feature_bank, k)
-            scores[valid], grades[valid] = good_scores.float().cpu(), good_grades.cpu()
+            decision = decide(outputs, mode, self.model.config, self.feature_bank, k)
+            scores[valid], grades[valid] = decision.scores.float().cpu(), decision.grades.cpu()
+            neighbors = decision.neighbors
             if neighbors is not None:
                 width = neighbors.indices.shape[1]
                 neighbor_idx[valid, :width] = neighbors.indices.cpu()
@@ -210,7 +186,7 @@ class RetinaScanPipeline(Pipeline):
             "grade": grade,
             "label": self.model.config.id2label[grade],
             "scores": [float(value) for value in model_outputs["scores"].reshape(-1)],
-            "referable": grade >= REFERABLE_GRADE,
+            "referable": grade >= self.model.config.referable_grade,
             "mode": _first(model_outputs["mode"]),
             "gradable": True,
         }
@@ -242,4 +218,4 @@ class RetinaScanPipeline(Pipeline):
             self.feature_bank.save_pretrained(save_directory)
 
 
-__all__ = ["MODES", "RetinaScanPipeline", "decide", "pipeline_registration"]
+__all__ = ["RetinaScanPipeline", "pipeline_registration"]

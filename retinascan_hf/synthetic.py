@@ -4,12 +4,25 @@ They are *synthetic*: a bright disc on black with vignetting, an optic disc, ves
 (red dots for microaneurysms/haemorrhages, yellow spots for exudates, tangled new vessels for PDR)
 whose number rises with grade. They exercise the whole stack (fundus cropping, training, calibration,
 the bank) without any real data, and a model can learn them, but nothing learned on them is clinical.
+
+`synthetic_corpus` packs them into rows that look exactly like `retinascan data build` output (`image`,
+`grade` ClassLabel, `source`, `image_id`, `patient_id`, `eye`), so everything downstream of the corpus is
+exercised unchanged; the images are embedded (PNG), so a saved corpus is self-contained.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import datasets
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from .atomic_io import atomic_directory
+from .corpus import corpus_features
+
+SOURCE = "synthetic"
 
 # Lesion counts per grade: (red dots, exudates, new-vessel tangles). Ranges overlap a little between
 # neighbouring grades, as real grading does.
@@ -79,3 +92,59 @@ def synthetic_fundus_set(grades: list[int] | np.ndarray, size: int = 96, seed: i
     """One image per requested grade, reproducible for a given `seed`."""
     rng = np.random.default_rng(seed)
     return [render_fundus(int(grade), size=size, rng=rng) for grade in grades]
+
+
+# Images per grade 0-4 in each split: skewed towards grade 0 like screening data, every grade present.
+DEFAULT_GRADE_COUNTS: dict[str, tuple[int, ...]] = {
+    "train": (120, 48, 72, 32, 28),
+    "validation": (20, 10, 12, 8, 8),
+    "test": (20, 10, 12, 8, 8),
+}
+
+
+def synthetic_corpus(
+    grade_counts: Mapping[str, Sequence[int]] | None = None, *, size: int = 64, seed: int = 0
+) -> datasets.DatasetDict:
+    """A `DatasetDict` with one split per entry of `grade_counts` (images per grade), rows shuffled.
+
+    Each image is its own "patient" (synthetic images are independent draws), eyes alternate.
+    """
+    grade_counts = grade_counts or DEFAULT_GRADE_COUNTS
+    splits = {}
+    for offset, (split, counts) in enumerate(grade_counts.items()):
+        rng = np.random.default_rng([seed, offset])
+        grades = rng.permutation(np.repeat(np.arange(len(counts)), counts)).tolist()
+        ids = [f"{SOURCE}/{split}-{index:05d}" for index in range(len(grades))]
+        splits[split] = datasets.Dataset.from_dict(
+            {
+                "image": synthetic_fundus_set(grades, size=size, seed=seed * 1000 + offset),
+                "grade": grades,
+                "source": [SOURCE] * len(grades),
+                "image_id": ids,
+                "patient_id": ids,
+                "eye": [("left", "right")[index % 2] for index in range(len(grades))],
+            },
+            features=corpus_features(),
+            split=datasets.NamedSplit(split),
+        )
+    return datasets.DatasetDict(splits)
+
+
+def save_synthetic_corpus(
+    directory: str | Path, grade_counts: Mapping[str, Sequence[int]] | None = None, *, size: int = 64, seed: int = 0
+) -> datasets.DatasetDict:
+    """Build a synthetic corpus and write it (atomically) where `datasets.load_from_disk` reads it."""
+    corpus = synthetic_corpus(grade_counts, size=size, seed=seed)
+    with atomic_directory(Path(directory), marker=datasets.config.DATASETDICT_JSON_FILENAME) as staging:
+        corpus.save_to_disk(str(staging))
+    return corpus
+
+
+__all__ = [
+    "DEFAULT_GRADE_COUNTS",
+    "SOURCE",
+    "render_fundus",
+    "save_synthetic_corpus",
+    "synthetic_corpus",
+    "synthetic_fundus_set",
+]

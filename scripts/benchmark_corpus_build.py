@@ -11,6 +11,11 @@ imported stack (``retinascan_hf`` pulls in torch and transformers).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ lives beside the library
+
 import argparse
 import json
 import resource
@@ -18,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.timing import machine_summary, peak_rss_mib
 from retinascan_hf.atomic_io import write_json_atomically
-from retinascan_hf.benchmarking import machine_summary, peak_rss_mib
 from retinascan_hf.corpus import build_corpus
 
 

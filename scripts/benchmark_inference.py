@@ -5,10 +5,15 @@ python scripts/benchmark_inference.py [--photos ../shared/data/eyepacs-originals
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ lives beside the library
+
 import argparse
 from pathlib import Path
 
-from retinascan_hf.inference_benchmark import run_inference_benchmark
+from benchmarks.inference import run_inference_benchmark
 
 
 def main() -> None:

@@ -8,11 +8,16 @@ python scripts/benchmark_training.py [--train-size 16231] [--epochs 50] [--batch
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ lives beside the library
+
 import argparse
 import tempfile
 from pathlib import Path
 
-from retinascan_hf.training.benchmark import format_summary, run_training_benchmark
+from benchmarks.training import format_summary, run_training_benchmark
 
 
 def main() -> None:

@@ -10,12 +10,17 @@ shows that the real-data path runs end to end, and is not a clinical result.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ lives beside the library
+
 import argparse
 import tempfile
 from pathlib import Path
 
+from benchmarks.timing import machine_summary
 from retinascan_hf.atomic_io import write_json_atomically
-from retinascan_hf.benchmarking import machine_summary
 from retinascan_hf.corpus import build_corpus
 from retinascan_hf.training import run_training
 from retinascan_hf.training.config import TrainingConfig

@@ -9,7 +9,7 @@ flag (`--help`); flags override the YAML file, which overrides the reference def
 import argparse
 import sys
 
-from retinascan_hf.training.cli import run_train
+from retinascan_hf.commands.train import run_train
 from retinascan_hf.training.config import TrainingConfig
 
 

@@ -9,12 +9,12 @@ from accelerate import Accelerator
 from training_support import small_config
 
 from retinascan_hf import RetinaScanModel
+from retinascan_hf.synthetic import save_synthetic_corpus, synthetic_corpus
 from retinascan_hf.tiny_clip import random_retinascan, trainable_tiny_clip_config
 from retinascan_hf.training import backbone_fingerprint, run_training
 from retinascan_hf.training.augment import FundusAugmentation
 from retinascan_hf.training.data import FundusViews
 from retinascan_hf.training.feature_cache import FeatureCache, augmentation_key, cached_features
-from retinascan_hf.training.synthetic_corpus import save_synthetic_corpus, synthetic_corpus
 
 COUNTS = {"train": (6,) * 5, "validation": (3,) * 5, "test": (2,) * 5}
 

@@ -9,7 +9,7 @@ import datasets
 import pytest
 
 from retinascan_hf.cli import main
-from retinascan_hf.training.synthetic_corpus import save_synthetic_corpus
+from retinascan_hf.synthetic import save_synthetic_corpus
 
 
 def test_quickstart_writes_corpus_model_and_metrics_quickly(tmp_path, capsys):

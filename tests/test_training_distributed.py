@@ -26,7 +26,7 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_shard_data_sync_gradients_and_write_once(tmp_path):
-    from retinascan_hf.training.synthetic_corpus import save_synthetic_corpus
+    from retinascan_hf.synthetic import save_synthetic_corpus
 
     corpus = tmp_path / "corpus"
     save_synthetic_corpus(corpus, {"train": (6,) * 5, "validation": (3,) * 5, "test": (2,) * 5}, size=32)

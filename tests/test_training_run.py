@@ -10,10 +10,10 @@ from training_support import small_config
 from transformers import pipeline
 
 from retinascan_hf import FeatureBank, RetinaScanModel
-from retinascan_hf.pipeline_retinascan import MODES, decide
+from retinascan_hf.modeling_retinascan import DECISION_MODES, decide
+from retinascan_hf.synthetic import save_synthetic_corpus
 from retinascan_hf.training import run_training
 from retinascan_hf.training.evaluation import head_outputs
-from retinascan_hf.training.synthetic_corpus import save_synthetic_corpus
 from retinascan_hf.training.tracking import read_csv_metrics
 
 COUNTS = {"train": (8, 6, 6, 4, 4), "validation": (4,) * 5, "test": (3,) * 5}
@@ -60,7 +60,7 @@ def test_feature_bank_holds_the_unaugmented_training_images(result, corpus):
     assert bank.config_hash == model.config.embedding_hash()
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", DECISION_MODES)
 def test_pipeline_from_the_folder_grades_as_the_evaluation_did(result, corpus, mode):
     grader = pipeline("retinascan", model=str(result.model_dir), trust_remote_code=True)
     test = corpus[1]["test"]
@@ -68,7 +68,7 @@ def test_pipeline_from_the_folder_grades_as_the_evaluation_did(result, corpus, m
     model = result.trainer.unwrapped_model
     split = run_splits(result)["test"]
     bank = FeatureBank.from_pretrained(result.model_dir)
-    _, grades, _ = decide(head_outputs(model, split.view_features(model)), mode, model.config, bank)
+    grades = decide(head_outputs(model, split.view_features(model)), mode, model.config, bank).grades
     assert predicted == grades.tolist()
     assert result.metrics["evaluation"]["test"][mode]["accuracy"] == pytest.approx(
         (torch.tensor(predicted) == torch.tensor(test["grade"])).float().mean().item()
@@ -92,7 +92,7 @@ def test_metrics_summary_and_logs(result):
     output = result.model_dir.parent
     metrics = json.loads((output / "metrics.json").read_text())
     for split in ("validation", "test"):
-        assert set(metrics["evaluation"][split]) == set(MODES)
+        assert set(metrics["evaluation"][split]) == set(DECISION_MODES)
         report = metrics["evaluation"][split]["knn"]
         assert len(report["per_grade"]) == 5 and len(report["confusion_matrix"]) == 5
     assert metrics["training"]["epochs"] == 4 and len(metrics["training"]["history"]) == 4

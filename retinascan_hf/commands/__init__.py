@@ -1,1 +1,3 @@
-"""Sub-commands of the `retinascan` console script that belong to no larger feature area."""
+"""The sub-commands of the `retinascan` console script: one module per sub-command, each exposing
+`register(subparsers)`; `retinascan_hf.cli` only wires them together. They parse arguments and call the
+library; no logic lives here."""

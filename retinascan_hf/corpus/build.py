@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from retinascan_hf.atomic_io import atomic_directory, check_replaceable
-from retinascan_hf.corpus.adapters import ADAPTERS
-from retinascan_hf.corpus.dataset import save_corpus, to_dataset_dict
-from retinascan_hf.corpus.report import REPORT_FILE, BuildReport
-from retinascan_hf.corpus.schema import Record
-from retinascan_hf.corpus.screen import screen_records
-from retinascan_hf.corpus.split import Protocol, assign_splits
+from ..atomic_io import atomic_directory, check_replaceable
+from .adapters import ADAPTERS
+from .dataset import save_corpus, to_dataset_dict
+from .report import REPORT_FILE, BuildReport
+from .schema import Record
+from .screen import screen_records
+from .split import Protocol, assign_splits
 
 
 def read_sources(sources: Mapping[str, Path]) -> list[Record]:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import datasets
 
-from retinascan_hf.corpus.schema import ICDR_LABELS, Record
-from retinascan_hf.corpus.split import SPLITS
+from .schema import ICDR_LABELS, Record
+from .split import SPLITS
 
 
 def corpus_features() -> datasets.Features:

@@ -9,8 +9,8 @@ from typing import Any
 import datasets
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
-from retinascan_hf.corpus.report import REPORT_FILE, BuildReport, Table
-from retinascan_hf.corpus.schema import ICDR_LABELS
+from .report import REPORT_FILE, BuildReport, Table
+from .schema import ICDR_LABELS
 
 _SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
 

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retinascan_hf.corpus.schema import ICDR_LABELS, Exclusion, Record
-from retinascan_hf.corpus.screen import Excluded
-from retinascan_hf.corpus.split import SPLITS
+from .schema import ICDR_LABELS, Exclusion, Record
+from .screen import Excluded
+from .split import SPLITS
 
 REPORT_FILE = "build_report.json"
 

@@ -12,9 +12,11 @@ from enum import Enum
 from pathlib import Path
 
 # The ICDR names are the model config's labels: one list, so corpus and model can never disagree.
-from retinascan_hf.configuration_retinascan import ICDR_LABELS
+from ..configuration_retinascan import ICDR_LABELS
 
-# The ICDR names are the model config's labels: one list, so corpus and model can never disagree.
+# The published subsets of GDRBench's split files (`splits/<SOURCE>_<subset>.txt`). They live here, not in
+# the GDRBench adapter, because the generic split code reads them too and must not import an adapter.
+GDRBENCH_SUBSETS: tuple[str, ...] = ("train", "crossval")
 
 
 class Exclusion(str, Enum):
@@ -56,4 +58,4 @@ class Record:
     issue: Exclusion | None = None
 
 
-__all__ = ["ICDR_LABELS", "Exclusion", "Record"]
+__all__ = ["GDRBENCH_SUBSETS", "ICDR_LABELS", "Exclusion", "Record"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from retinascan_hf.corpus.schema import Exclusion, Record
-from retinascan_hf.corpus.validate import check_images
+from .schema import Exclusion, Record
+from .validate import check_images
 
 
 @dataclass(frozen=True)

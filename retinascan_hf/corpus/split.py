@@ -18,8 +18,7 @@ from math import floor
 
 import numpy as np
 
-from retinascan_hf.corpus.adapters.gdrbench import SUBSETS as GDRBENCH_SUBSETS
-from retinascan_hf.corpus.schema import Record
+from .schema import GDRBENCH_SUBSETS, Record
 
 SPLITS: tuple[str, str, str] = ("train", "validation", "test")
 PROTOCOLS: tuple[str, ...] = ("merged", "loso", "gdrbench")

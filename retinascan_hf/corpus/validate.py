@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from retinascan_hf.corpus.schema import Exclusion
+from .schema import Exclusion
 
 _DRAFT_SIZE = (64, 64)
 

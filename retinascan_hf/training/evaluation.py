@@ -1,7 +1,7 @@
 """Evaluate the heads on backbone features, in the three decision modes the pipeline offers.
 
-Decisions come from the pipeline's own `decide` (kNN vote over the feature bank, calibrated CORAL
-thresholds, calibrated prototype softmax), so evaluation grades exactly as the served model will.
+Decisions come from the model's `decide`, the function the pipeline serves with (kNN vote over the feature
+bank, calibrated CORAL thresholds, calibrated prototype softmax), so evaluation grades exactly as served.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from typing import Any
 import torch
 
 from ..feature_bank import FeatureBank
-from ..modeling_retinascan import RetinaScanModel
-from ..pipeline_retinascan import MODES, decide
+from ..modeling_retinascan import DECISION_MODES, RetinaScanModel, decide
 from .metrics import grading_report
 
 
@@ -67,10 +66,15 @@ def evaluate_modes(
 ) -> dict[str, dict[str, Any]]:
     """A `grading_report` per decision mode (kNN only when a bank is given)."""
     outputs = head_outputs(model, features, batch_size)
-    modes = [mode for mode in MODES if mode != "knn" or bank is not None]
-    num_labels = model.config.num_labels
+    modes = [mode for mode in DECISION_MODES if mode != "knn" or bank is not None]
+    config = model.config
     return {
-        mode: grading_report(grades.cpu().numpy(), decide(outputs, mode, model.config, bank)[1].numpy(), num_labels)
+        mode: grading_report(
+            grades.cpu().numpy(),
+            decide(outputs, mode, config, bank).grades.numpy(),
+            config.num_labels,
+            referable_grade=config.referable_grade,
+        )
         for mode in modes
     }
 
@@ -87,4 +91,4 @@ def format_evaluation(evaluation: dict[str, dict[str, Any]], baseline: dict[str,
     return "\n".join(lines)
 
 
-__all__ = ["HeadOutputs", "decide", "evaluate_modes", "format_evaluation", "head_outputs"]
+__all__ = ["HeadOutputs", "evaluate_modes", "format_evaluation", "head_outputs"]

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from ..configuration_retinascan import ICDR_LABELS
-from ..pipeline_retinascan import REFERABLE_GRADE
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_labels: int = 5) -> np.ndarray:
@@ -52,9 +51,11 @@ def expected_calibration_error(probs: np.ndarray, labels: Sequence[int], n_bins:
     return float(error)
 
 
-def grading_report(y_true: Sequence[int], y_pred: Sequence[int], num_labels: int = 5) -> dict[str, Any]:
-    """QWK, accuracy, per-grade recall/precision/support, the confusion matrix, and referable-DR (grade >= 2)
-    sensitivity and specificity, as plain Python for JSON."""
+def grading_report(
+    y_true: Sequence[int], y_pred: Sequence[int], num_labels: int = 5, *, referable_grade: int = 2
+) -> dict[str, Any]:
+    """QWK, accuracy, per-grade recall/precision/support, the confusion matrix, and referable-DR
+    (grade >= `referable_grade`, the model config's cut-off) sensitivity and specificity, as plain Python."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     matrix = confusion_matrix(y_true, y_pred, num_labels)
@@ -72,7 +73,7 @@ def grading_report(y_true: Sequence[int], y_pred: Sequence[int], num_labels: int
                 "precision": hits / predicted if predicted else None,
             }
         )
-    referable_true, referable_pred = y_true >= REFERABLE_GRADE, y_pred >= REFERABLE_GRADE
+    referable_true, referable_pred = y_true >= referable_grade, y_pred >= referable_grade
     return {
         "qwk": quadratic_weighted_kappa(y_true, y_pred, num_labels),
         "accuracy": float((y_true == y_pred).mean()),

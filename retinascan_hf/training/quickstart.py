@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..synthetic import save_synthetic_corpus
 from .config import TINY_BACKBONE, TrainingConfig
 from .evaluation import format_evaluation
 from .export import MODEL_DIR_NAME
 from .run import run_training
-from .synthetic_corpus import save_synthetic_corpus
 
 CORPUS_DIR_NAME = "corpus"
 IMAGE_SIZE = 64

@@ -18,7 +18,6 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from ..corpus.sampler import BalancedGradeSampler
 from ..modeling_retinascan import RetinaScanModel
 from .checkpointing import (
     TrainingProgress,
@@ -31,6 +30,7 @@ from .config import TrainingConfig
 from .evaluation import head_outputs
 from .metrics import quadratic_weighted_kappa
 from .optim import build_optimizer, build_scheduler, freeze_unused_towers
+from .sampler import BalancedGradeSampler
 from .splits import CachedSplit, TrainingSplit, epoch_plan
 from .tracking import CSVTracker
 

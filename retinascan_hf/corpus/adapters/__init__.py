@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from retinascan_hf.corpus.adapters.aptos import read_aptos
-from retinascan_hf.corpus.adapters.ddr import read_ddr
-from retinascan_hf.corpus.adapters.deepdrid import read_deepdrid
-from retinascan_hf.corpus.adapters.eyepacs import read_eyepacs
-from retinascan_hf.corpus.adapters.gdrbench import read_gdrbench
-from retinascan_hf.corpus.adapters.generic_csv import read_generic_csv
-from retinascan_hf.corpus.adapters.idrid import read_idrid
-from retinascan_hf.corpus.adapters.messidor2 import read_messidor2
-from retinascan_hf.corpus.schema import Record
+from ..schema import Record
+from .aptos import read_aptos
+from .ddr import read_ddr
+from .deepdrid import read_deepdrid
+from .eyepacs import read_eyepacs
+from .gdrbench import read_gdrbench
+from .generic_csv import read_generic_csv
+from .idrid import read_idrid
+from .messidor2 import read_messidor2
 
 Adapter = Callable[[Path], Iterator[Record]]
 

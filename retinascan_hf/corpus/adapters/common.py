@@ -6,7 +6,7 @@ import csv
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from retinascan_hf.corpus.schema import ICDR_LABELS, Exclusion, Record
+from ..schema import ICDR_LABELS, Exclusion, Record
 
 
 def read_csv_rows(path: Path, required: Sequence[str]) -> Iterator[dict[str, str]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from retinascan_hf.corpus.adapters.common import make_record, read_listing
-from retinascan_hf.corpus.schema import Record
+from ..schema import Record
+from .common import make_record, read_listing
 
 SOURCE = "ddr"
 _SUBSETS = ("train", "valid", "test")

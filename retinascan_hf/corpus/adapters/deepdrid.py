@@ -6,8 +6,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path, PureWindowsPath
 
-from retinascan_hf.corpus.adapters.common import make_record, read_csv_rows
-from retinascan_hf.corpus.schema import Record
+from ..schema import Record
+from .common import make_record, read_csv_rows
 
 SOURCE = "deepdrid"
 _COLUMNS = ("patient_id", "image_id", "image_path", "left_eye_DR_Level", "right_eye_DR_Level")

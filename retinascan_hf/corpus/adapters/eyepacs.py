@@ -6,8 +6,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from retinascan_hf.corpus.adapters.common import make_record, read_csv_rows
-from retinascan_hf.corpus.schema import Record
+from ..schema import Record
+from .common import make_record, read_csv_rows
 
 SOURCE = "eyepacs"
 _PATIENT_EYE = re.compile(r"^(?P<patient>.+)_(?P<eye>left|right)$")

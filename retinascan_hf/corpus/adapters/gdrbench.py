@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from retinascan_hf.corpus.adapters.common import make_record, read_listing
-from retinascan_hf.corpus.adapters.eyepacs import split_patient_eye
-from retinascan_hf.corpus.schema import Record
+from ..schema import GDRBENCH_SUBSETS, Record
+from .common import make_record, read_listing
+from .eyepacs import split_patient_eye
 
 SOURCE = "gdrbench"
 GRADE_FOLDERS: tuple[str, ...] = ("nodr", "mild_npdr", "moderate_npdr", "severe_npdr", "pdr")
-SUBSETS: tuple[str, ...] = ("train", "crossval")
 
 
 def read_gdrbench(root: Path) -> Iterator[Record]:
@@ -33,7 +32,7 @@ def read_gdrbench(root: Path) -> Iterator[Record]:
 
 
 def _listed(images: Path, splits: Path) -> Iterator[Record]:
-    for subset in SUBSETS:
+    for subset in GDRBENCH_SUBSETS:
         for listing in sorted(splits.glob(f"*_{subset}.txt")):
             domain = listing.name.removesuffix(f"_{subset}.txt")
             for relative, label in read_listing(listing):

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-from retinascan_hf.corpus.schema import ICDR_LABELS
+from ..configuration_retinascan import ICDR_LABELS
 
 
 class BalancedGradeSampler(Sampler[list[int]]):

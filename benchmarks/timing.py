@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic_io import write_json_atomically
+from retinascan_hf.atomic_io import write_json_atomically
 
 
 @dataclass

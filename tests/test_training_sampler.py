@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from retinascan_hf.corpus.sampler import BalancedGradeSampler
+from retinascan_hf.training.sampler import BalancedGradeSampler
 
 # DR-like imbalance: 300 / 40 / 60 / 8 / 3 examples of grades 0-4
 GRADES = np.repeat(np.arange(5), [300, 40, 60, 8, 3]).tolist()

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .benchmarking import BenchmarkReport, Measurement, time_call
-from .feature_bank import FeatureBank
-from .pipeline_retinascan import RetinaScanPipeline
-from .synthetic import synthetic_fundus_set
-from .tiny_clip import random_retinascan, vit_b16_clip_config
+from benchmarks.timing import BenchmarkReport, Measurement, time_call
+from retinascan_hf.feature_bank import FeatureBank
+from retinascan_hf.pipeline_retinascan import RetinaScanPipeline
+from retinascan_hf.synthetic import synthetic_fundus_set
+from retinascan_hf.tiny_clip import random_retinascan, vit_b16_clip_config
 
 REFERENCE_TRAIN_SIZE = 16_231  # images in the reference GDRBench merge (APTOS, DDR, DeepDRiD, IDRiD, RLDR)
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from ..benchmarking import BenchmarkReport, Measurement, time_call
-from ..inference_benchmark import REFERENCE_TRAIN_SIZE
-from ..synthetic import synthetic_fundus_set
-from ..tiny_clip import random_retinascan, vit_b16_clip_config
-from .config import TrainingConfig
-from .splits import CachedSplit
-from .trainer import RetinaScanTrainer, make_accelerator
+from benchmarks.inference import REFERENCE_TRAIN_SIZE
+from benchmarks.timing import BenchmarkReport, Measurement, time_call
+from retinascan_hf.synthetic import synthetic_fundus_set
+from retinascan_hf.tiny_clip import random_retinascan, vit_b16_clip_config
+from retinascan_hf.training.config import TrainingConfig
+from retinascan_hf.training.splits import CachedSplit
+from retinascan_hf.training.trainer import RetinaScanTrainer, make_accelerator
 
 REFERENCE_EPOCHS = 50
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from retinascan_hf.corpus.adapters import ADAPTERS
+from ..corpus.adapters import ADAPTERS
 
 
 class _CollectSources(argparse.Action):
@@ -74,8 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     """Build (and optionally push) the corpus; a configuration error exits 2 with its message."""
-    from retinascan_hf.corpus.build import build_corpus
-    from retinascan_hf.corpus.report import REPORT_FILE, format_table
+    from ..corpus.build import build_corpus
+    from ..corpus.report import REPORT_FILE, format_table
 
     try:
         report = build_corpus(
@@ -94,7 +94,7 @@ def run_build(args: argparse.Namespace) -> int:
     print(format_table(report.split_table()), end="\n\n")
     print(f"Saved {report.num_kept} images to {args.out} (report: {args.out / REPORT_FILE})")
     if args.push_to_hub:
-        from retinascan_hf.corpus.hub import push_corpus
+        from ..corpus.hub import push_corpus
 
         push_corpus(args.out, report, args.push_to_hub, private=not args.public)
         print(f"Pushed to https://huggingface.co/datasets/{args.push_to_hub}")
