@@ -6,9 +6,6 @@ Importing the package registers the `retinascan` model type with the Auto classe
 imports this package (the Hub's remote-code path).
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel
-from transformers.pipelines import PIPELINE_REGISTRY
-
 from .configuration_retinascan import ICDR_LABELS, RetinaScanConfig
 from .feature_bank import FEATURE_BANK_NAME, FeatureBank, FeatureBankMismatchError
 from .image_processing_retinascan import (
@@ -21,16 +18,11 @@ from .image_processing_retinascan import (
 from .loading import load_pipeline
 from .modeling_retinascan import RetinaScanModel, RetinaScanOutput
 from .pipeline_retinascan import RetinaScanPipeline
+from .registration import register
 
 __version__ = "0.1.0"
 
-AutoConfig.register(RetinaScanConfig.model_type, RetinaScanConfig, exist_ok=True)
-AutoModel.register(RetinaScanConfig, RetinaScanModel, exist_ok=True)
-AutoImageProcessor.register(RetinaScanConfig, slow_image_processor_class=RetinaScanImageProcessor, exist_ok=True)
-RetinaScanConfig.register_for_auto_class()
-RetinaScanModel.register_for_auto_class("AutoModel")
-RetinaScanImageProcessor.register_for_auto_class("AutoImageProcessor")
-PIPELINE_REGISTRY.register_pipeline("retinascan", pipeline_class=RetinaScanPipeline, pt_model=AutoModel, type="image")
+register()
 
 __all__ = [
     "FEATURE_BANK_NAME",
