@@ -40,6 +40,8 @@ class BuildReport:
         sources: per-source :class:`SourceCounts`.
         splits: ``splits[split][source]`` is the number of images per grade 0-4.
         excluded: every excluded row, with its reason (and kept twin for duplicates).
+        storage: how images are stored (``store`` mode, build-time ``preprocessing`` settings or None)
+            and, when preprocessed, the bytes of the source files and of the stored pictures.
     """
 
     protocol: str
@@ -49,6 +51,7 @@ class BuildReport:
     sources: dict[str, SourceCounts]
     splits: dict[str, dict[str, list[int]]]
     excluded: list[Excluded]
+    storage: dict[str, Any] = field(default_factory=lambda: {"store": "bytes", "preprocessing": None})
 
     @classmethod
     def summarise(
@@ -62,6 +65,7 @@ class BuildReport:
         seed: int,
         val_ratio: float,
         test_ratio: float,
+        storage: dict[str, Any] | None = None,
     ) -> BuildReport:
         """Count a finished screening and split; ``split_names`` is aligned with ``kept``."""
         sources = {source: SourceCounts() for source in sorted({record.source for record in found})}
@@ -74,7 +78,10 @@ class BuildReport:
         splits = {split: {source: [0] * len(ICDR_LABELS) for source in sources} for split in SPLITS}
         for record, split in zip(kept, split_names, strict=True):
             splits[split][record.source][record.grade or 0] += 1
-        return cls(protocol, seed, val_ratio, test_ratio, sources, splits, list(excluded))
+        report = cls(protocol, seed, val_ratio, test_ratio, sources, splits, list(excluded))
+        if storage is not None:
+            report.storage = storage
+        return report
 
     @property
     def num_kept(self) -> int:

@@ -44,6 +44,8 @@ class TrainingConfig:
         tiny_image_size: input size of the `"tiny"` backbone.
         cache_dir: root of the frozen-backbone feature cache (one sub-folder per backbone+processor
             fingerprint); shared between runs by default.
+        feature_cache_dtype: storage of cached features: `"float32"` (exact) or `"float16"` (half the disk
+            and page cache; features are rounded once, identically whether computed or reused).
         freeze_backbone: train only the heads on cached backbone features (fast path); `False` fine-tunes
             CLIP's image tower end to end.
         n_views: cached views per image: view 0 is the un-augmented picture, views 1.. are augmented.
@@ -83,6 +85,7 @@ class TrainingConfig:
     backbone: str = "openai/clip-vit-base-patch16"
     tiny_image_size: int = 32
     cache_dir: str | None = None
+    feature_cache_dtype: Literal["float32", "float16"] = "float32"
     freeze_backbone: bool = True
     n_views: int = 4
     aug_flip: bool = True
