@@ -107,6 +107,13 @@ def run_build(args: argparse.Namespace) -> int:
     from ..corpus.preprocess import ImageStorage, Preprocessing
     from ..corpus.report import REPORT_FILE, format_table
 
+    if args.push_to_hub and args.store == "paths":
+        print(
+            "retinascan data build: error: a --store paths corpus holds paths to files on this machine and cannot "
+            "be pushed to the Hub; build with --store bytes (optionally --image-size) to push it.",
+            file=sys.stderr,
+        )
+        return 2
     try:
         preprocessing = None
         if args.image_size is not None:
