@@ -19,6 +19,7 @@ gather. Readers memory-map the chunks (`CachedFeatures`), so no process holds a 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -50,6 +51,7 @@ CACHE_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.d
 _SAFETENSORS_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "I64": np.dtype("<i8")}
 _MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 _CHUNK_SUFFIX = ".safetensors"
+_CHUNK_NUMBERS = itertools.count()
 
 
 def backbone_fingerprint(model: RetinaScanModel, processor: RetinaScanImageProcessor) -> str:
@@ -330,7 +332,9 @@ class FeatureCache:
         """Write one new chunk atomically; existing chunks are never touched."""
         folder = self.view_dir(split, view)
         folder.mkdir(parents=True, exist_ok=True)
-        name = f"chunk-{time.time_ns():020d}-{socket.gethostname()}-{os.getpid()}{_CHUNK_SUFFIX}"
+        # Time first (names sort oldest first), then what makes it unique across machines, processes and calls.
+        name = f"chunk-{time.time_ns():020d}-{next(_CHUNK_NUMBERS):06d}-{socket.gethostname()}-{os.getpid()}"
+        name += _CHUNK_SUFFIX
         target = folder / name
         temporary = folder / f".{name}.tmp"
         metadata = {
