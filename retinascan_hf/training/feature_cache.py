@@ -45,8 +45,9 @@ from .data import FundusViews, ViewRequest, forward_views
 _FORMAT = "retinascan-feature-cache"
 _VERSION = "3"  # append-only chunk folders; version 2 single-shard files are ignored (recomputed once)
 FLUSH_EVERY = 2048  # images per chunk (at least): a killed run loses at most this much backbone work
-STATISTICS_BLOCK_ROWS = 8192  # rows per block of the streamed feature statistics
+STATISTICS_BLOCK_ROWS = 1024  # rows per block of the streamed feature statistics (cache-sized float64 blocks)
 MAX_CHUNKS_PER_SPLIT = 128  # larger splits get larger chunks, so a reader maps a bounded number of files
+MAX_MAPPED_BYTES = 1 << 30  # chunk bytes a reader keeps mapped at once (its resident share of the cache)
 CACHE_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 _SAFETENSORS_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "I64": np.dtype("<i8")}
 _MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
@@ -148,12 +149,14 @@ class CachedFeatures:
     """Features `[N, V, D]` of one split, memory-mapped from cache chunks and read on demand as float32.
 
     Rows are read per batch (`gather`), per view (`view`), or all at once (`load`) when they fit in memory;
-    statistics stream over fixed-size blocks. At most `max_open` chunk files are mapped at a time (least
-    recently used ones are dropped), which bounds both open file handles and the mapped pages that count
-    towards this process's resident memory.
+    statistics stream over fixed-size blocks. Chunks stay mapped up to `max_mapped_bytes` in all (the least
+    recently used are dropped first, never fewer than one): that bounds the mapped pages that count towards
+    this process's resident memory, and its open file handles, whatever the size of the cache.
     """
 
-    def __init__(self, located: Sequence[_Located], dim: int, dtype: np.dtype, *, max_open: int = 256):
+    def __init__(
+        self, located: Sequence[_Located], dim: int, dtype: np.dtype, *, max_mapped_bytes: int = MAX_MAPPED_BYTES
+    ):
         if any((entry.chunk < 0).any() for entry in located):
             raise ValueError("CachedFeatures needs every (row, view) present in the cache.")
         paths = sorted({path for entry in located for path in entry.paths})
@@ -164,8 +167,9 @@ class CachedFeatures:
         self.row = np.stack([entry.row for entry in located], axis=1)
         self.dim = dim
         self.dtype = dtype
-        self.max_open = max_open
+        self.max_mapped_bytes = max_mapped_bytes
         self._open: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._mapped_bytes = 0
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -185,9 +189,10 @@ class CachedFeatures:
             path = self.paths[number]
             header, data_start = _read_header(path)
             array = _TensorSpan.of(path, header, data_start, "features").memmap(path)
+            while self._open and self._mapped_bytes + array.nbytes > self.max_mapped_bytes:
+                self._mapped_bytes -= self._open.popitem(last=False)[1].nbytes
             self._open[number] = array
-            if len(self._open) > self.max_open:
-                self._open.popitem(last=False)
+            self._mapped_bytes += array.nbytes
         else:
             self._open.move_to_end(number)
         return array
