@@ -8,6 +8,11 @@ memory-mapped features gives exactly what training on the same features in memor
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +21,7 @@ from training_support import grade_structured_split, small_config
 
 from retinascan_hf.synthetic import save_synthetic_corpus, synthetic_corpus
 from retinascan_hf.tiny_clip import random_retinascan
+from retinascan_hf.training import feature_cache as feature_cache_module
 from retinascan_hf.training import run_training
 from retinascan_hf.training import splits as splits_module
 from retinascan_hf.training.augment import FundusAugmentation
@@ -94,6 +100,15 @@ def test_temporary_leftovers_are_ignored_and_a_corrupt_chunk_is_named(tiny, tmp_
     (folder / ".chunk-0-host-1.safetensors.tmp").write_bytes(b"half a chunk from a killed run")
     again, stats = fill(tiny, split, cache, n_views=1)
     assert vars(stats) == {"reused": 10, "computed": 0} and torch.equal(again.load(), reference.load())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    stale, live = (
+        folder / f".chunk-1-000001-{host}-{pid}.safetensors.tmp" for pid in (dead.stdout.strip(), os.getpid())
+    )
+    for path in (stale, live):
+        path.write_bytes(b"in flight")
+    assert cache.remove_stale_temporaries("train", 0) == [stale]  # a live writer's and another host's stay
+    assert live.exists() and (folder / ".chunk-0-host-1.safetensors.tmp").exists() and not stale.exists()
     (chunk,) = cache.chunk_paths("train", 0)
     chunk.write_bytes(chunk.read_bytes()[:-100])
     with pytest.raises(ValueError, match=rf"{chunk.name}.*truncated or corrupt"):
@@ -112,7 +127,7 @@ def test_float16_storage_is_its_own_cache_and_the_rounded_values_are_served(tiny
     assert stats.computed == 0 and torch.equal(reused.load(), half.load())
 
 
-def test_memory_mapped_rows_batches_and_statistics_equal_the_in_memory_ones(tiny, tmp_path):
+def test_memory_mapped_rows_batches_and_statistics_equal_the_in_memory_ones(tiny, tmp_path, monkeypatch):
     split = synthetic_corpus({"train": (4,) * 5}, size=48)["train"]
     mapped, _ = fill(tiny, split, new_cache(tiny, tmp_path), flush_every=4)
     assert isinstance(mapped, CachedFeatures) and len(mapped.paths) == 10  # 5 chunks per view
@@ -126,6 +141,10 @@ def test_memory_mapped_rows_batches_and_statistics_equal_the_in_memory_ones(tiny
         assert torch.equal(first["image_features"], second["image_features"])
         assert torch.equal(first["labels"], second["labels"])
     assert torch.equal(on_disk.view_features(None), in_memory.view_features(None))
+    # Room for one mapped chunk only: reads remap as they go, and give the same rows.
+    monkeypatch.setattr(feature_cache_module, "MAX_MAPPED_BYTES", mapped.paths[0].stat().st_size)
+    remapped, _ = fill(tiny, split, new_cache(tiny, tmp_path), flush_every=4)
+    assert torch.equal(remapped.load(), loaded) and len(remapped._open) == 1
     for mapped_stat, memory_stat in zip(on_disk.feature_statistics(), in_memory.feature_statistics(), strict=True):
         assert torch.equal(mapped_stat, memory_stat)
     flat = loaded.reshape(-1, loaded.shape[-1]).double()

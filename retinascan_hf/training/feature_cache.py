@@ -154,9 +154,7 @@ class CachedFeatures:
     this process's resident memory, and its open file handles, whatever the size of the cache.
     """
 
-    def __init__(
-        self, located: Sequence[_Located], dim: int, dtype: np.dtype, *, max_mapped_bytes: int = MAX_MAPPED_BYTES
-    ):
+    def __init__(self, located: Sequence[_Located], dim: int, dtype: np.dtype, *, max_mapped_bytes: int | None = None):
         if any((entry.chunk < 0).any() for entry in located):
             raise ValueError("CachedFeatures needs every (row, view) present in the cache.")
         paths = sorted({path for entry in located for path in entry.paths})
@@ -167,7 +165,7 @@ class CachedFeatures:
         self.row = np.stack([entry.row for entry in located], axis=1)
         self.dim = dim
         self.dtype = dtype
-        self.max_mapped_bytes = max_mapped_bytes
+        self.max_mapped_bytes = MAX_MAPPED_BYTES if max_mapped_bytes is None else max_mapped_bytes
         self._open: OrderedDict[int, np.ndarray] = OrderedDict()
         self._mapped_bytes = 0
 
@@ -333,6 +331,22 @@ class FeatureCache:
                 candidate += 1
         return _Located(paths, chunk, row)
 
+    def remove_stale_temporaries(self, split: str, view: int) -> list[Path]:
+        """Delete the temporary chunks that killed processes of this machine left behind, and return them.
+
+        Only files this writer names (`.chunk-...-<host>-<pid>.safetensors.tmp`) whose process no longer
+        exists on this host are removed: another machine's or a live process's chunk in flight stays.
+        """
+        folder, host, removed = self.view_dir(split, view), socket.gethostname(), []
+        if not folder.is_dir():
+            return removed
+        for path in folder.glob(f".chunk-*-{host}-*{_CHUNK_SUFFIX}.tmp"):
+            pid = path.name.removesuffix(f"{_CHUNK_SUFFIX}.tmp").rsplit("-", 1)[-1]
+            if pid.isdigit() and not _process_exists(int(pid)):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
     def write_chunk(self, split: str, view: int, hashes: np.ndarray, features: np.ndarray) -> Path:
         """Write one new chunk atomically; existing chunks are never touched."""
         folder = self.view_dir(split, view)
@@ -354,6 +368,16 @@ class FeatureCache:
         save_file(tensors, str(temporary), metadata=metadata)
         os.replace(temporary, target)
         return target
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 class _ChunkWriter:
@@ -412,6 +436,9 @@ def _fill(
         unit="img",
         disable=not (progress and accelerator.is_local_main_process),
     )
+    if accelerator.is_local_main_process:
+        for view in sorted({view for _, views in requests for view in views}):
+            cache.remove_stale_temporaries(split, view)
     writer = _ChunkWriter(cache, split, hashes, chunk_images)
     with torch.random.fork_rng(devices=[]):
         computed = forward_views(model, dataset, mine, accelerator=accelerator, num_workers=num_workers, bar=bar)
