@@ -103,9 +103,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         smallest, largest = chosen[0], chosen[-1]
         summary["bytes" if not mode else f"image_size_{mode}"] = {
             "sizes": [row["images"] for row in chosen],
-            "time_per_image_ratio_largest_to_smallest": round(
-                largest["ms_per_image"] / smallest["ms_per_image"], 3
-            ),
+            "time_per_image_ratio_largest_to_smallest": round(largest["ms_per_image"] / smallest["ms_per_image"], 3),
             "peak_rss_mib": [row["peak_rss_mib"] for row in chosen],
             "peak_worker_rss_mib": [row["peak_worker_rss_mib"] for row in chosen],
         }

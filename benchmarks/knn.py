@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from benchmarks.memmap_training import memory_status
+from benchmarks.timing import time_call
 from retinascan_hf import FeatureBank
 
 REFERENCE_BANK = 16_231
@@ -27,15 +28,8 @@ MILLION = 1_000_000
 _GIB = 2**30
 
 
-def median_ms(function: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        function()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - start)
-    return round(1000 * statistics.median(samples), 3)
+def median_ms(function: Callable[[], object], repeats: int) -> float:
+    return round(1000 * time_call(function, repeats=repeats, warmup=2), 3)
 
 
 def read_bandwidth_gib_s() -> float:

@@ -3,8 +3,9 @@
 A synthetic cache in the real chunk format (random features with a grade offset, written with
 `FeatureCache.write_chunk`) is opened memory-mapped exactly as `run_training` opens one, then the real
 `RetinaScanTrainer` trains on it. Resident memory is sampled throughout, split into anonymous memory (what
-the process allocated) and file-backed pages (mapped chunks, at most `MAX_MAPPED_BYTES`): the cache itself
-(4 GB here, 8 GB as the float32 tensors an in-memory split would hold) never has to fit.
+the process allocated) and file-backed pages (the shared libraries, plus mapped chunks: at most
+`MAX_RESIDENT_BYTES` of them stay resident). The cache itself (4 GB here, 8 GB as the float32 tensors an
+in-memory split would hold) never has to fit.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from retinascan_hf.tiny_clip import random_retinascan, tiny_clip_config
 from retinascan_hf.training.config import TrainingConfig
-from retinascan_hf.training.feature_cache import MAX_MAPPED_BYTES, CachedFeatures, FeatureCache, key_hashes
+from retinascan_hf.training.feature_cache import MAX_RESIDENT_BYTES, CachedFeatures, FeatureCache, key_hashes
 from retinascan_hf.training.splits import CachedSplit
 from retinascan_hf.training.trainer import RetinaScanTrainer, make_accelerator
 
@@ -128,7 +129,7 @@ def run_memmap_training(size: int, views: int, dim: int, steps: int, chunk_rows:
             results["train_s"] = train_seconds(model, config, train, validation)
         results["steps"] = steps
         results["ms_per_step"] = round(1000 * results["train_s"] / steps, 2)
-        results["mapped_bytes_limit_mib"] = MAX_MAPPED_BYTES // 2**20
+        results["resident_bytes_limit_mib"] = MAX_RESIDENT_BYTES // 2**20
         results.update(sampler.report())
         # Baseline, same run: the same steps on features held in memory (a reference-sized split).
         in_memory = CachedSplit(

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--chunk-rows", type=int, default=7813, help="rows per chunk (what caching 1M images writes)")
+    parser.add_argument("--chunk-rows", type=int, default=31_250, help="rows per chunk (what caching 1M images writes)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/memmap_training.json"))
     args = parser.parse_args()
     results = run_memmap_training(args.images, args.views, args.dim, args.steps, args.chunk_rows)

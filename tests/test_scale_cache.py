@@ -141,10 +141,13 @@ def test_memory_mapped_rows_batches_and_statistics_equal_the_in_memory_ones(tiny
         assert torch.equal(first["image_features"], second["image_features"])
         assert torch.equal(first["labels"], second["labels"])
     assert torch.equal(on_disk.view_features(None), in_memory.view_features(None))
-    # Room for one mapped chunk only: reads remap as they go, and give the same rows.
-    monkeypatch.setattr(feature_cache_module, "MAX_MAPPED_BYTES", mapped.paths[0].stat().st_size)
-    remapped, _ = fill(tiny, split, new_cache(tiny, tmp_path), flush_every=4)
-    assert torch.equal(remapped.load(), loaded) and len(remapped._open) == 1
+    # Room for one resident chunk only: the others give their pages back as reads go on, rows stay the same.
+    monkeypatch.setattr(feature_cache_module, "MAX_RESIDENT_BYTES", mapped.paths[0].stat().st_size)
+    released, _ = fill(tiny, split, new_cache(tiny, tmp_path), flush_every=4)
+    assert torch.equal(released.load(), loaded) and len(released._resident) == 1 and len(released._maps) == 10
+    monkeypatch.setattr(feature_cache_module, "_MAX_MAPS", 3)
+    unmapped, _ = fill(tiny, split, new_cache(tiny, tmp_path), flush_every=4)
+    assert torch.equal(unmapped.load(), loaded) and len(unmapped._maps) == 3
     for mapped_stat, memory_stat in zip(on_disk.feature_statistics(), in_memory.feature_statistics(), strict=True):
         assert torch.equal(mapped_stat, memory_stat)
     flat = loaded.reshape(-1, loaded.shape[-1]).double()

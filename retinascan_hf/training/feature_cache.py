@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import json
 import math
+import mmap
 import os
 import socket
 import struct
@@ -46,8 +47,9 @@ _FORMAT = "retinascan-feature-cache"
 _VERSION = "3"  # append-only chunk folders; version 2 single-shard files are ignored (recomputed once)
 FLUSH_EVERY = 2048  # images per chunk (at least): a killed run loses at most this much backbone work
 STATISTICS_BLOCK_ROWS = 1024  # rows per block of the streamed feature statistics (cache-sized float64 blocks)
-MAX_CHUNKS_PER_SPLIT = 128  # larger splits get larger chunks, so a reader maps a bounded number of files
-MAX_MAPPED_BYTES = 1 << 30  # chunk bytes a reader keeps mapped at once (its resident share of the cache)
+MAX_CHUNKS_PER_SPLIT = 32  # larger splits get larger chunks, so a reader maps a bounded number of files
+MAX_RESIDENT_BYTES = 1 << 30  # chunk bytes a reader keeps resident at once (its share of the process's memory)
+_MAX_MAPS = 512  # chunk files mapped at once (each mapping holds a file descriptor)
 CACHE_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 _SAFETENSORS_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "I64": np.dtype("<i8")}
 _MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
@@ -130,10 +132,15 @@ class _TensorSpan:
     def read(self, path: Path) -> np.ndarray:
         return np.fromfile(path, dtype=self.dtype, count=math.prod(self.shape), offset=self.offset).reshape(self.shape)
 
-    def memmap(self, path: Path) -> np.ndarray:
-        """A read-only view of the tensor backed by the page cache (a plain ndarray: fast row indexing)."""
-        mapped = np.memmap(path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
-        return mapped.view(np.ndarray)
+    def map(self, path: Path) -> tuple[mmap.mmap, np.ndarray]:
+        """The tensor as a read-only view of a shared file mapping (pages are read from the page cache when
+        touched); the mapping itself is returned too, to release its pages (`madvise`)."""
+        start = self.offset - self.offset % mmap.ALLOCATIONGRANULARITY
+        nbytes = math.prod(self.shape) * self.dtype.itemsize
+        with open(path, "rb") as handle:
+            mapping = mmap.mmap(handle.fileno(), self.offset - start + nbytes, access=mmap.ACCESS_READ, offset=start)
+        array = np.frombuffer(mapping, dtype=self.dtype, count=math.prod(self.shape), offset=self.offset - start)
+        return mapping, array.reshape(self.shape)
 
 
 @dataclass
@@ -149,12 +156,16 @@ class CachedFeatures:
     """Features `[N, V, D]` of one split, memory-mapped from cache chunks and read on demand as float32.
 
     Rows are read per batch (`gather`), per view (`view`), or all at once (`load`) when they fit in memory;
-    statistics stream over fixed-size blocks. Chunks stay mapped up to `max_mapped_bytes` in all (the least
-    recently used are dropped first, never fewer than one): that bounds the mapped pages that count towards
-    this process's resident memory, and its open file handles, whatever the size of the cache.
+    statistics stream over fixed-size blocks. Chunks are mapped once (up to `_MAX_MAPS` at a time, least
+    recently used unmapped first) and their touched pages counted: beyond `max_resident_bytes` the least
+    recently used chunks give their pages back (`madvise(MADV_DONTNEED)`; they stay mapped and are read again
+    from the page cache when next touched), so the cache's share of this process's resident memory stays
+    bounded whatever the cache's size, at the cost of a minor page fault per row read after a release.
     """
 
-    def __init__(self, located: Sequence[_Located], dim: int, dtype: np.dtype, *, max_mapped_bytes: int | None = None):
+    def __init__(
+        self, located: Sequence[_Located], dim: int, dtype: np.dtype, *, max_resident_bytes: int | None = None
+    ):
         if any((entry.chunk < 0).any() for entry in located):
             raise ValueError("CachedFeatures needs every (row, view) present in the cache.")
         paths = sorted({path for entry in located for path in entry.paths})
@@ -165,9 +176,10 @@ class CachedFeatures:
         self.row = np.stack([entry.row for entry in located], axis=1)
         self.dim = dim
         self.dtype = dtype
-        self.max_mapped_bytes = MAX_MAPPED_BYTES if max_mapped_bytes is None else max_mapped_bytes
-        self._open: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._mapped_bytes = 0
+        self.max_resident_bytes = MAX_RESIDENT_BYTES if max_resident_bytes is None else max_resident_bytes
+        self._maps: OrderedDict[int, tuple[mmap.mmap, np.ndarray]] = OrderedDict()  # least recently used first
+        self._resident: OrderedDict[int, int] = OrderedDict()  # chunks touched since their last release
+        self._resident_bytes = 0
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -182,18 +194,26 @@ class CachedFeatures:
         return math.prod(self.shape) * 4
 
     def _array(self, number: int) -> np.ndarray:
-        array = self._open.get(number)
-        if array is None:
+        entry = self._maps.get(number)
+        if entry is None:
+            if len(self._maps) >= _MAX_MAPS:
+                oldest, _ = self._maps.popitem(last=False)  # unmapped once no array refers to it
+                self._resident_bytes -= self._resident.pop(oldest, 0)
             path = self.paths[number]
             header, data_start = _read_header(path)
-            array = _TensorSpan.of(path, header, data_start, "features").memmap(path)
-            while self._open and self._mapped_bytes + array.nbytes > self.max_mapped_bytes:
-                self._mapped_bytes -= self._open.popitem(last=False)[1].nbytes
-            self._open[number] = array
-            self._mapped_bytes += array.nbytes
+            entry = self._maps[number] = _TensorSpan.of(path, header, data_start, "features").map(path)
+        self._maps.move_to_end(number)
+        if number in self._resident:
+            self._resident.move_to_end(number)
         else:
-            self._open.move_to_end(number)
-        return array
+            self._resident[number] = entry[1].nbytes
+            self._resident_bytes += entry[1].nbytes
+            while self._resident_bytes > self.max_resident_bytes and len(self._resident) > 1:
+                released, size = self._resident.popitem(last=False)
+                if hasattr(mmap, "MADV_DONTNEED"):  # elsewhere the page cache alone decides
+                    self._maps[released][0].madvise(mmap.MADV_DONTNEED)
+                self._resident_bytes -= size
+        return entry[1]
 
     def gather(self, rows: np.ndarray | torch.Tensor, views: np.ndarray | torch.Tensor) -> torch.Tensor:
         """`[B, D]` float32 features of the `(row, view)` pairs."""
