@@ -21,6 +21,7 @@ This file is copied verbatim into model repositories as remote code.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -110,12 +111,12 @@ class StringColumn(Sequence):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"string index {index} out of range for {len(self)} entries")
-        return bytes(self.data[self.offsets[index] : self.offsets[index + 1]]).decode("utf-8")
+        return bytes(self.data[self.offsets[index] : self.offsets[index + 1]]).decode("utf-8", errors="replace")
 
     def __iter__(self) -> Iterator[str]:
         data, offsets = self.data, self.offsets
         for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
-            yield bytes(data[start:end]).decode("utf-8")
+            yield bytes(data[start:end]).decode("utf-8", errors="replace")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence) or isinstance(other, (str, bytes)) or len(other) != len(self):
@@ -527,7 +528,15 @@ class FeatureBank:
         if f"{name}.bytes" in header:
             data = _memory_map(path, header, data_start, f"{name}.bytes")
             offsets = np.array(_memory_map(path, header, data_start, f"{name}.offsets"))
-            return StringColumn(data, offsets)
+            try:
+                column = StringColumn(data, offsets)
+                decoder = codecs.getincrementaldecoder("utf-8")()
+                for start in range(0, len(data), _WRITE_BLOCK_BYTES):  # fails here, not in a later pipeline call
+                    decoder.decode(bytes(data[start : start + _WRITE_BLOCK_BYTES]))
+                decoder.decode(b"", final=True)
+            except (ValueError, UnicodeDecodeError) as error:
+                raise ValueError(f"{path}: the {name} strings are corrupt ({error}).") from error
+            return column
         if name in metadata:  # version 1
             return json.loads(metadata[name])
         return None

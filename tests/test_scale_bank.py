@@ -140,3 +140,14 @@ def test_string_column_matches_a_list() -> None:
     assert column != values[:3] and column != "a"
     with pytest.raises(ValueError, match="offsets"):
         StringColumn(np.zeros(3, dtype=np.uint8), np.array([0, 5]))
+
+
+def test_corrupt_id_strings_are_refused_when_the_bank_is_loaded(tmp_path) -> None:
+    FeatureBank(torch.randn(3, 8), [0, 1, 2], image_ids=["a", "b", "c"]).save_pretrained(tmp_path)
+    path = tmp_path / FEATURE_BANK_NAME
+    data = bytearray(path.read_bytes())
+    position = data.rindex(b"abc")  # the ids' UTF-8 bytes, stored last
+    data[position : position + 3] = b"\xff\xfe\xfd"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="image_ids strings are corrupt"):
+        FeatureBank.from_pretrained(tmp_path)

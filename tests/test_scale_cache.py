@@ -19,6 +19,7 @@ import torch
 from accelerate import Accelerator
 from training_support import grade_structured_split, small_config
 
+from retinascan_hf import RetinaScanModel
 from retinascan_hf.synthetic import save_synthetic_corpus, synthetic_corpus
 from retinascan_hf.tiny_clip import random_retinascan
 from retinascan_hf.training import feature_cache as feature_cache_module
@@ -200,3 +201,21 @@ def test_a_run_that_fills_the_cache_trains_the_same_model_as_one_that_reuses_it(
     assert runs[1].metrics["feature_cache"]["total"]["computed"] == 0
     first, second = (run.trainer.unwrapped_model.state_dict() for run in runs)
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_a_non_finite_feature_is_refused_naming_the_image_and_nothing_is_cached(tiny, tmp_path, monkeypatch):
+    split = synthetic_corpus({"train": (1,) * 5}, size=48)["train"]
+    cache = new_cache(tiny, tmp_path, dtype="float16")
+    original = RetinaScanModel.forward_features
+
+    def overflowing(self, pixel_values):
+        features = original(self, pixel_values)
+        features[0, 0] = 1e5  # finite in float32, infinite once rounded to float16
+        return features
+
+    monkeypatch.setattr(RetinaScanModel, "forward_features", overflowing)
+    with pytest.raises(
+        ValueError, match=rf"non-finite float16 features for 1 train image\(s\) \({split['image_id'][0]}@"
+    ):
+        fill(tiny, split, cache, n_views=1, batch_size=8)
+    assert cache.chunk_paths("train", 0) == []

@@ -403,13 +403,25 @@ def _process_exists(pid: int) -> bool:
 class _ChunkWriter:
     """Buffers one process's computed rows per view and writes them as a chunk every `chunk_images` images."""
 
-    def __init__(self, cache: FeatureCache, split: str, hashes: np.ndarray, chunk_images: int):
-        self.cache, self.split, self.hashes, self.chunk_images = cache, split, hashes, chunk_images
+    def __init__(self, cache: FeatureCache, split: str, keys: Sequence[str], hashes: np.ndarray, chunk_images: int):
+        self.cache, self.split, self.keys, self.hashes, self.chunk_images = cache, split, keys, hashes, chunk_images
         self.rows: dict[int, list[torch.Tensor]] = {}
         self.features: dict[int, list[torch.Tensor]] = {}
         self.images = 0
 
     def add(self, rows: torch.Tensor, views: torch.Tensor, features: torch.Tensor, images: int) -> None:
+        """Buffer a batch; a non-finite feature (after rounding to the cache dtype) is refused, naming its image,
+        because cached once it would silently poison every later run."""
+        with np.errstate(over="ignore"):  # an overflow becomes inf, refused just below
+            stored = features.numpy().astype(CACHE_DTYPES[self.cache.dtype])
+        broken = np.flatnonzero(~np.isfinite(stored).all(axis=1))
+        if len(broken):
+            names = ", ".join(self.keys[int(rows[index])] for index in broken[:5])
+            raise ValueError(
+                f"The backbone produced non-finite {self.cache.dtype} features for {len(broken)} {self.split} "
+                f"image(s) ({names}); nothing of them was cached. Check the backbone weights and its mixed "
+                "precision, and the cache dtype (float16 overflows above 65504)."
+            )
         for view in views.unique().tolist():
             chosen = views == view
             self.rows.setdefault(view, []).append(rows[chosen])
@@ -459,7 +471,7 @@ def _fill(
     if accelerator.is_local_main_process:
         for view in sorted({view for _, views in requests for view in views}):
             cache.remove_stale_temporaries(split, view)
-    writer = _ChunkWriter(cache, split, hashes, chunk_images)
+    writer = _ChunkWriter(cache, split, dataset.cache_keys, hashes, chunk_images)
     with torch.random.fork_rng(devices=[]):
         computed = forward_views(model, dataset, mine, accelerator=accelerator, num_workers=num_workers, bar=bar)
         for batch, result in zip(mine, computed, strict=True):
