@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "retinascan_hf.commands.train",
     "retinascan_hf.commands.grade",
     "retinascan_hf.commands.release",
+    "retinascan_hf.commands.demo",
 )
 
 
