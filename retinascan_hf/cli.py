@@ -79,7 +79,7 @@ def describe(error: BaseException) -> str:
     """The error as one line: its message (whitespace collapsed), plus what to do for the Hub's errors, whose
     messages say what failed but not how to fix it."""
     message = " ".join(str(error).split()) or type(error).__name__
-    if not isinstance(error, (ValueError, OSError)):
+    if not isinstance(error, (ValueError, OSError, RuntimeError)):  # others (KeyError...) need their name
         message = f"{type(error).__name__}: {message}"
     hub_errors = sys.modules.get("huggingface_hub.errors")
     if hub_errors is not None and isinstance(

@@ -40,6 +40,8 @@ class TrainingProgress:
         batch_in_epoch: batches of `epoch` already trained (non-zero only for mid-epoch checkpoints).
         global_step: optimizer steps taken.
         best_qwk, best_epoch: the best validation QWK so far and the epoch that reached it.
+        epoch_loss_sum, epoch_loss_batches: training loss summed over the batches of `epoch` trained before a
+            mid-epoch checkpoint (all processes), and their number.
     """
 
     epoch: int = 0
@@ -47,6 +49,8 @@ class TrainingProgress:
     global_step: int = 0
     best_qwk: float = float("-inf")
     best_epoch: int = -1
+    epoch_loss_sum: float = 0.0
+    epoch_loss_batches: int = 0
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

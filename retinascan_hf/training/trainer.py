@@ -276,7 +276,8 @@ class RetinaScanTrainer:
         self.accelerator.wait_for_everyone()
 
     def _train_epoch(self, bar: tqdm) -> float:
-        """One epoch (or its remainder after a mid-epoch resume); returns the mean loss over all processes."""
+        """One epoch (or its remainder after a mid-epoch resume); returns the mean loss of all its batches on all
+        processes, those before a mid-epoch checkpoint included."""
         config, progress, accelerator = self.config, self.progress, self.accelerator
         plan = epoch_plan(
             self.sampler,
@@ -304,9 +305,21 @@ class RetinaScanTrainer:
                 )
             every = config.checkpoint_every_steps
             if every and progress.global_step % every == 0 and progress.batch_in_epoch < len(self.sampler):
+                self._fold_epoch_loss(total, count)
+                total, count = torch.zeros_like(total), 0
                 self._save_checkpoint()
-        mean = accelerator.reduce(total / max(count, 1), reduction="mean")
-        return float(mean)
+        self._fold_epoch_loss(total, count)
+        mean = progress.epoch_loss_sum / max(progress.epoch_loss_batches, 1)
+        progress.epoch_loss_sum, progress.epoch_loss_batches = 0.0, 0
+        return mean
+
+    def _fold_epoch_loss(self, total: torch.Tensor, count: int) -> None:
+        """Add the loss summed since the last fold, over all processes, to `progress`, which checkpoints carry:
+        an epoch resumed mid-way still reports the mean over all its batches."""
+        local = torch.stack([total.float(), torch.tensor(float(count), device=total.device)])
+        summed = self.accelerator.reduce(local, reduction="sum")
+        self.progress.epoch_loss_sum += float(summed[0])
+        self.progress.epoch_loss_batches += int(summed[1])
 
     def _step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         accelerator = self.accelerator
