@@ -4,8 +4,6 @@ The names load lazily (see ``retinascan_hf.lazy``), so ``retinascan data --help`
 ``datasets`` nor torch.
 """
 
-from typing import TYPE_CHECKING
-
 from ..lazy import lazy_attributes
 
 _EXPORTS = {
@@ -25,27 +23,5 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
 
-if TYPE_CHECKING:
-    from .adapters import ADAPTERS
-    from .build import build_corpus, read_sources
-    from .dataset import corpus_features
-    from .hub import corpus_card, push_corpus
-    from .report import REPORT_FILE, BuildReport
-    from .schema import ICDR_LABELS, Exclusion, Record
-    from .split import SPLITS, Protocol
 
-__all__ = [
-    "ADAPTERS",
-    "ICDR_LABELS",
-    "REPORT_FILE",
-    "SPLITS",
-    "BuildReport",
-    "Exclusion",
-    "Protocol",
-    "Record",
-    "build_corpus",
-    "corpus_card",
-    "corpus_features",
-    "push_corpus",
-    "read_sources",
-]
+__all__ = sorted(_EXPORTS)

@@ -5,8 +5,6 @@ the modules below are its parts, each importable on its own. The names load lazi
 so reading `TrainingConfig` for `retinascan train --help` does not import torch.
 """
 
-from typing import TYPE_CHECKING
-
 from ..lazy import lazy_attributes
 
 _EXPORTS = {
@@ -28,29 +26,5 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
 
-if TYPE_CHECKING:
-    from .calibration import CalibrationResult, calibrate
-    from .config import TrainingConfig
-    from .feature_cache import CacheStats, FeatureCache, backbone_fingerprint
-    from .metrics import expected_calibration_error, grading_report, quadratic_weighted_kappa
-    from .run import TrainingResult, run_training
-    from .splits import CachedSplit, ImageSplit
-    from .trainer import RetinaScanTrainer, make_accelerator
 
-__all__ = [
-    "CacheStats",
-    "CachedSplit",
-    "CalibrationResult",
-    "FeatureCache",
-    "ImageSplit",
-    "RetinaScanTrainer",
-    "TrainingConfig",
-    "TrainingResult",
-    "backbone_fingerprint",
-    "calibrate",
-    "expected_calibration_error",
-    "grading_report",
-    "make_accelerator",
-    "quadratic_weighted_kappa",
-    "run_training",
-]
+__all__ = sorted(_EXPORTS)
