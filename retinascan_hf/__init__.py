@@ -16,6 +16,7 @@ from .image_processing_retinascan import (
     RetinaScanInputError,
 )
 from .loading import load_pipeline
+from .metrics import compute_grading_metrics, metric_path
 from .modeling_retinascan import RetinaScanModel, RetinaScanOutput
 from .pipeline_retinascan import RetinaScanPipeline
 from .registration import register
@@ -39,5 +40,7 @@ __all__ = [
     "RetinaScanOutput",
     "RetinaScanPipeline",
     "__version__",
+    "compute_grading_metrics",
     "load_pipeline",
+    "metric_path",
 ]

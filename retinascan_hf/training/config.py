@@ -74,7 +74,9 @@ class TrainingConfig:
         overwrite_output_dir: let a fresh (not resumed) run delete an earlier run's checkpoints and best weights
             in `output_dir`; without it such a run refuses to start.
         calibrate: fit the post-hoc temperatures on validation data.
-        tune_thresholds: tune the CORAL decision thresholds on validation data.
+        tune_thresholds: tune the CORAL decision thresholds on validation data (every grade stays reachable).
+        min_grade_recall: threshold tuning first lifts every grade's validation recall to at least this much (as
+            far as the ordering of the cut-points allows), then maximises QWK; 0 maximises QWK alone.
         progress: show progress bars (main process only).
     """
 
@@ -115,6 +117,7 @@ class TrainingConfig:
     overwrite_output_dir: bool = False
     calibrate: bool = True
     tune_thresholds: bool = True
+    min_grade_recall: float = 0.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -127,6 +130,8 @@ class TrainingConfig:
         for name in ("learning_rate", "max_grad_norm", "layerwise_lr_decay"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if not 0 <= self.min_grade_recall <= 1:
+            raise ValueError(f"min_grade_recall must lie in [0, 1], got {self.min_grade_recall}.")
         if not 0 <= self.warmup_epochs <= self.num_epochs:
             raise ValueError(f"warmup_epochs must lie in [0, num_epochs], got {self.warmup_epochs}.")
 
