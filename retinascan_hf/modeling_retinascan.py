@@ -137,12 +137,14 @@ class RetinaScanOutput(ModelOutput):
 
 
 # Split-conformal grade sets. A grade set is a contiguous interval of grades grown from the decided grade, one
-# neighbouring grade per step, always towards the more probable neighbour (ties: the more severe one, the
-# safer mistake in screening). The nonconformity score of a true grade is the probability mass of the first
-# interval that contains it, plus CONFORMAL_STEP_PENALTY per step: the penalty breaks the ties that zero-
-# probability grades create (a unanimous kNN vote has mass 1 at every step), so among equally massive intervals
-# the smallest is preferred. Calibration keeps the sorted scores of the validation images; at call time the
-# ceil((n + 1) * coverage)-th smallest of them is the threshold, which is what lets any coverage be asked for.
+# neighbouring grade per step, always towards the more probable neighbour (ties: the more severe one, the safer
+# mistake in screening). The nonconformity score of a true grade is 0 if it is the decided grade (every set holds
+# that), else the probability mass of the first interval that contains it plus CONFORMAL_STEP_PENALTY per step:
+# the penalty breaks the ties that zero-probability grades create (a unanimous kNN vote has mass 1 at every step),
+# so among equally massive intervals the smallest is preferred. Calibration keeps the sorted scores of the
+# validation images; at call time the ceil((n + 1) * coverage)-th smallest is the threshold, which is what lets
+# any coverage be asked for. Coverage is at least the target; when the decided grade alone is right more often
+# than the target asks, sets are single grades and coverage is that accuracy (sets are never empty).
 CONFORMAL_STEP_PENALTY = 1e-6
 MAX_CONFORMAL_SCORES = 1000  # order statistics kept in the config; more validation images are summarised
 
@@ -179,7 +181,10 @@ def nonconformity_scores(scores: torch.Tensor, grades: torch.Tensor, labels: tor
     bounds, mass = grade_interval_growth(scores, grades)
     labels = labels.long().to(bounds.device)[:, None]
     contains = (bounds[..., 0] <= labels) & (labels <= bounds[..., 1])
-    return mass.gather(-1, contains.float().argmax(-1, keepdim=True)).squeeze(-1)
+    step = contains.float().argmax(-1, keepdim=True)
+    # The decided grade is in every set: scoring it 0 keeps calibration from counting it as a miss (which would
+    # inflate the threshold, hence the sets, beyond the coverage asked for).
+    return torch.where(step == 0, 0.0, mass.gather(-1, step)).squeeze(-1)
 
 
 def summarise_conformal_scores(scores: torch.Tensor, max_size: int = MAX_CONFORMAL_SCORES) -> list[float]:
