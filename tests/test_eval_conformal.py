@@ -71,7 +71,7 @@ def test_coverage_is_within_three_points_of_the_target(calibrated, mode, coverag
 
 
 def test_sets_are_contiguous_hold_the_decided_grade_and_grow_with_coverage(calibrated):
-    config, bank, test, labels, _ = calibrated
+    config, _, test, _, _ = calibrated
     sizes = []
     for coverage in (0.5, 0.8, 0.95):
         decision = decide(test, "ordinal", config, coverage=coverage)
@@ -189,7 +189,7 @@ def test_pipeline_without_calibration_says_so(model_dir, fundus_images):
 
 
 def test_calibrated_scores_are_what_the_config_reports(calibrated):
-    config, bank, *_ = calibrated
+    config, *_ = calibrated
     validation, labels = synthetic_task(2000, seed=2)
     decision = decide(validation, "prototype", config)
     expected = summarise_conformal_scores(nonconformity_scores(decision.scores, decision.grades, labels))
