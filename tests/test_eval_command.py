@@ -3,7 +3,9 @@ one backbone pass shared by every mode, per-source and leave-one-source-out tabl
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 from PIL import Image
 from training_support import small_config
 
+import retinascan_hf
 from retinascan_hf import FeatureBank, RetinaScanImageProcessor, RetinaScanModel
 from retinascan_hf.cli import main
 from retinascan_hf.corpus import REPORT_FILE
@@ -43,19 +46,6 @@ def trained(tmp_path_factory):
     config = small_config(root / "run", data=str(root / "corpus"), cache_dir=str(root / "cache"), num_epochs=6)
     result = run_training(config)
     return root, corpus, result.model_dir
-
-
-@pytest.fixture
-def count_backbone_forwards(monkeypatch):
-    seen = []
-    original = RetinaScanModel.forward_features
-
-    def counting(self, pixel_values):
-        seen.append(len(pixel_values))
-        return original(self, pixel_values)
-
-    monkeypatch.setattr(RetinaScanModel, "forward_features", counting)
-    return seen
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +190,20 @@ def test_bad_requests_are_clear_errors(trained, tmp_path):
     empty.save_to_disk(str(tmp_path / "empty"), num_shards={"test": 1})
     with pytest.raises(ValueError, match="is empty"):
         evaluate_model(model_dir, tmp_path / "empty", tmp_path, EvaluationSettings(progress=False))
+
+
+def test_training_evaluation_and_metrics_never_import_the_pipeline():
+    """Evaluation grades with `decide` beside the model, not with serving code (nor the loader built on it)."""
+    package = Path(retinascan_hf.__file__).parent
+    offenders = []
+    for folder in ("training", "evaluation", "metrics"):
+        for path in (package / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.ImportFrom):
+                    names = [node.module or "", *(alias.name for alias in node.names)]
+                elif isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                if any(part in ("pipeline_retinascan", "loading") for name in names for part in name.split(".")):
+                    offenders.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert offenders == []

@@ -44,10 +44,15 @@ def _save(figure: Any, pyplot: Any, path: Path) -> str:
     return str(path)
 
 
-def _grid(count: int, size: float) -> tuple[int, int, tuple[float, float]]:
+def _panels(pyplot: Any, count: int, size: float) -> tuple[Any, list[Any]]:
+    """A figure with `count` square panels, three per row (unused grid cells hidden)."""
     columns = min(count, 3)
     rows = -(-count // columns)
-    return rows, columns, (size * columns, size * rows)
+    figure, axes = pyplot.subplots(rows, columns, figsize=(size * columns, size * rows), squeeze=False)
+    panels = list(axes.flat)
+    for unused in panels[count:]:
+        unused.axis("off")
+    return figure, panels[:count]
 
 
 def save_confusion_matrices(matrices: Mapping[str, np.ndarray], path: Path) -> str | None:
@@ -55,9 +60,8 @@ def save_confusion_matrices(matrices: Mapping[str, np.ndarray], path: Path) -> s
     pyplot = _pyplot()
     if pyplot is None:
         return None
-    rows, columns, size = _grid(len(matrices), 4.0)
-    figure, axes = pyplot.subplots(rows, columns, figsize=size, squeeze=False)
-    for panel, (title, matrix) in zip(axes.flat, matrices.items(), strict=False):
+    figure, panels = _panels(pyplot, len(matrices), 4.0)
+    for panel, (title, matrix) in zip(panels, matrices.items(), strict=True):
         matrix = np.asarray(matrix)
         panel.imshow(matrix, cmap="Blues")
         for (row, column), count in np.ndenumerate(matrix):
@@ -65,8 +69,6 @@ def save_confusion_matrices(matrices: Mapping[str, np.ndarray], path: Path) -> s
             panel.text(column, row, str(count), ha="center", va="center", color=colour)
         grades = range(matrix.shape[0])
         panel.set(xticks=grades, yticks=grades, xlabel="predicted grade", ylabel="true grade", title=title)
-    for panel in list(axes.flat)[len(matrices) :]:
-        panel.axis("off")
     return _save(figure, pyplot, path)
 
 
@@ -81,9 +83,8 @@ def save_reliability_diagram(panels: Mapping[str, Mapping[str, ReliabilityBins]]
     pyplot = _pyplot()
     if pyplot is None:
         return None
-    rows, columns, size = _grid(len(panels), 4.2)
-    figure, axes = pyplot.subplots(rows, columns, figsize=size, squeeze=False)
-    for panel, (title, curves) in zip(axes.flat, panels.items(), strict=False):
+    figure, axes = _panels(pyplot, len(panels), 4.2)
+    for panel, (title, curves) in zip(axes, panels.items(), strict=True):
         panel.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
         for label, bins in curves.items():
             filled = bins.counts > 0
@@ -91,8 +92,6 @@ def save_reliability_diagram(panels: Mapping[str, Mapping[str, ReliabilityBins]]
             panel.plot(bins.confidence[filled], bins.accuracy[filled], marker="o", label=f"{label} (ECE {ece:.3f})")
         panel.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy", title=title)
         panel.legend(loc="upper left", fontsize="small")
-    for panel in list(axes.flat)[len(panels) :]:
-        panel.axis("off")
     return _save(figure, pyplot, path)
 
 
