@@ -265,16 +265,19 @@ def evaluate_model(
         report["leave_one_source_out"] = leave_one_source_out(
             model, processor, bank, data, held_out, modes, settings, accelerator
         )
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    files = _plots(output, decisions, outputs, modes, references, model)
-    report["files"] = {name: None if path is None else Path(path).name for name, path in files.items()}
-    markdown = output / REPORT_MD
-    temporary = markdown.with_name(f".{REPORT_MD}.{os.getpid()}.tmp")
-    temporary.write_text(render_report(report), encoding="utf-8")
-    os.replace(temporary, markdown)
-    files["report_md"] = str(markdown)
-    files["report_json"] = str(write_json_atomically(output / REPORT_JSON, report))
+    files: dict[str, str | None] = {}
+    if accelerator.is_main_process:  # every process computed the same numbers; one writes them
+        output = Path(output_dir)
+        output.mkdir(parents=True, exist_ok=True)
+        files = _plots(output, decisions, outputs, modes, references, model)
+        report["files"] = {name: None if path is None else Path(path).name for name, path in files.items()}
+        markdown = output / REPORT_MD
+        temporary = markdown.with_name(f".{REPORT_MD}.{os.getpid()}.tmp")
+        temporary.write_text(render_report(report), encoding="utf-8")
+        os.replace(temporary, markdown)
+        files["report_md"] = str(markdown)
+        files["report_json"] = str(write_json_atomically(output / REPORT_JSON, report))
+    accelerator.wait_for_everyone()
     return EvaluationResult(report, files)
 
 
