@@ -165,6 +165,11 @@ def test_leave_one_source_out_corpus_gets_its_table(trained, tmp_path):
         assert loso["modes"][mode]["qwk"]["held_out"] == report["modes"][mode]["qwk"]
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "## Leave-one-source-out: held out `other`" in markdown
+    no_validation = datasets.DatasetDict({"train": held_out["train"], "test": held_out["test"]})
+    no_validation.save_to_disk(str(tmp_path / "no-validation"))
+    (tmp_path / "no-validation" / REPORT_FILE).write_text(json.dumps({"protocol": "gdrbench:other"}))
+    skipped = evaluate_model(model_dir, tmp_path / "no-validation", tmp_path / "out2", settings).report
+    assert "no split 'validation'" in skipped["leave_one_source_out"]["skipped"]
 
 
 def test_trained_model_is_calibrated_for_grade_sets_with_every_grade_reachable(trained):
@@ -177,7 +182,7 @@ def test_trained_model_is_calibrated_for_grade_sets_with_every_grade_reachable(t
     assert 0 <= metrics["evaluation"]["test"]["ordinal"]["grade_sets"]["coverage"] <= 1
 
 
-def test_bad_requests_are_clear_errors(trained, tmp_path):
+def test_bad_requests_are_clear_errors(trained, tmp_path, capsys):
     root, _, model_dir = trained
     with pytest.raises(ValueError, match="no split 'train2'"):
         evaluate_model(model_dir, root / "corpus", tmp_path, EvaluationSettings(split="train2", progress=False))
@@ -185,6 +190,9 @@ def test_bad_requests_are_clear_errors(trained, tmp_path):
         EvaluationSettings(coverage=1.5)
     with pytest.raises(ValueError, match="n_bootstrap"):
         EvaluationSettings(n_bootstrap=-1)
+    argv = ["evaluate", "--model", str(model_dir), "--data", str(root / "corpus"), "--output-dir", str(tmp_path)]
+    assert main([*argv, "--coverage", "1.5"]) == 2
+    assert "coverage must lie strictly between 0 and 1" in capsys.readouterr().err
     corpus = datasets.load_from_disk(str(root / "corpus"))
     empty = datasets.DatasetDict({**corpus, "test": corpus["test"].select([])})
     empty.save_to_disk(str(tmp_path / "empty"), num_shards={"test": 1})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..metrics.summary import DEFAULT_RESAMPLES
 
@@ -32,20 +33,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check the settings (a bad value exits 2 with its message), evaluate, print the table and the files."""
     from ..evaluation import EvaluationSettings, evaluate_model
     from ..evaluation.report import main_table
 
-    settings = EvaluationSettings(
-        split=args.split,
-        cache_dir=args.cache_dir,
-        batch_size=args.batch_size,
-        n_bootstrap=args.n_bootstrap,
-        seed=args.seed,
-        coverage=args.coverage,
-        cpu=args.cpu,
-        progress=args.progress,
-        revision=args.revision,
-    )
+    try:
+        settings = EvaluationSettings(
+            split=args.split,
+            cache_dir=args.cache_dir,
+            batch_size=args.batch_size,
+            n_bootstrap=args.n_bootstrap,
+            seed=args.seed,
+            coverage=args.coverage,
+            cpu=args.cpu,
+            progress=args.progress,
+            revision=args.revision,
+        )
+    except ValueError as error:
+        print(f"retinascan evaluate: {error}", file=sys.stderr)
+        return 2
     result = evaluate_model(args.model, args.data, args.output_dir, settings)
     print(main_table(result.report))
     print("\n".join(f"wrote {path}" for path in result.files.values() if path))

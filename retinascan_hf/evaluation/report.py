@@ -152,7 +152,9 @@ def render_report(report: dict[str, Any]) -> str:
         ]
     lines += ["", "## Per source", "", per_source_table(report)]
     loso = report.get("leave_one_source_out")
-    if loso is not None:
+    if loso is not None and "skipped" in loso:
+        lines += ["", f"## Leave-one-source-out: held out `{loso['held_out_source']}`", "", loso["skipped"]]
+    elif loso is not None:
         lines += [
             "",
             f"## Leave-one-source-out: held out `{loso['held_out_source']}`",
