@@ -28,6 +28,8 @@ _EXPORTS = {
     "RetinaScanImageProcessor": "image_processing_retinascan",
     "RetinaScanInputError": "image_processing_retinascan",
     "load_pipeline": "loading",
+    "compute_grading_metrics": "metrics",
+    "metric_path": "metrics",
     "RetinaScanModel": "modeling_retinascan",
     "RetinaScanOutput": "modeling_retinascan",
     "RetinaScanPipeline": "pipeline_retinascan",
@@ -46,6 +48,7 @@ if TYPE_CHECKING:  # what static analysers and IDEs see; at run time `__getattr_
         RetinaScanInputError,
     )
     from .loading import load_pipeline
+    from .metrics import compute_grading_metrics, metric_path
     from .modeling_retinascan import RetinaScanModel, RetinaScanOutput
     from .pipeline_retinascan import RetinaScanPipeline
     from .registration import register
@@ -67,6 +70,8 @@ __all__ = [
     "RetinaScanOutput",
     "RetinaScanPipeline",
     "__version__",
+    "compute_grading_metrics",
     "load_pipeline",
+    "metric_path",
     "register",
 ]

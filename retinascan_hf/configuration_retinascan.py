@@ -98,6 +98,15 @@ class RetinaScanConfig(PreTrainedConfig):
         referable_grade (`int`, defaults to 2):
             Lowest grade that counts as *referable* DR (ICDR: moderate NPDR or worse). Screening programmes refer
             at this cut-off; the pipeline's `referable` flag and the screening metrics use it.
+        conformal_coverage (`float`, defaults to 0.9):
+            Default target coverage of the conformal grade sets (the share of images whose set holds the true
+            grade); the pipeline's `coverage=` overrides it per call.
+        conformal_scores (`dict[str, list[float]]`, *optional*):
+            Per decision mode, the sorted nonconformity scores of the validation images (at most 1000 order
+            statistics), fitted by training (split-conformal calibration). Keeping scores rather than one
+            quantile is what lets any coverage be asked for at call time. `None`: no grade sets.
+        conformal_calibration_size (`int`, *optional*):
+            Number of validation images the `conformal_scores` summarise (required with them).
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the normal initialisation of the heads.
     """
@@ -122,6 +131,9 @@ class RetinaScanConfig(PreTrainedConfig):
     prototype_calibration_temperature: float = 1.0
     coral_thresholds: list[float] | None = None
     referable_grade: int = 2
+    conformal_coverage: float = 0.9
+    conformal_scores: dict[str, list[float]] | None = None
+    conformal_calibration_size: int | None = None
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -157,6 +169,24 @@ class RetinaScanConfig(PreTrainedConfig):
             raise ValueError(f"knn_k must be at least 1, got {self.knn_k}.")
         if not 1 <= self.referable_grade < self.num_labels:
             raise ValueError(f"referable_grade must lie in [1, {self.num_labels - 1}], got {self.referable_grade}.")
+        self._validate_conformal()
+
+    def _validate_conformal(self) -> None:
+        if not 0 < self.conformal_coverage < 1:
+            raise ValueError(f"conformal_coverage must lie strictly between 0 and 1, got {self.conformal_coverage}.")
+        if self.conformal_scores is None:
+            return
+        size = self.conformal_calibration_size
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(
+                f"conformal_calibration_size must be a positive integer with conformal_scores, got {size}."
+            )
+        for mode, scores in self.conformal_scores.items():
+            values = [float(value) for value in scores]
+            if not 0 < len(values) <= size:
+                raise ValueError(f"conformal_scores[{mode!r}] holds {len(values)} scores for {size} images.")
+            if not all(0.0 <= value <= 2.0 for value in values) or values != sorted(values):
+                raise ValueError(f"conformal_scores[{mode!r}] must be sorted probability masses in [0, 2].")
 
     @property
     def embedding_dim(self) -> int:

@@ -9,6 +9,7 @@ This file is copied verbatim into model repositories as remote code (relative im
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -135,6 +136,86 @@ class RetinaScanOutput(ModelOutput):
     image_features: torch.FloatTensor | None = None
 
 
+# Split-conformal grade sets. A grade set is a contiguous interval of grades grown from the decided grade, one
+# neighbouring grade per step, always towards the more probable neighbour (ties: the more severe one, the safer
+# mistake in screening). The nonconformity score of a true grade is 0 if it is the decided grade (every set holds
+# that), else the probability mass of the first interval that contains it plus CONFORMAL_STEP_PENALTY per step:
+# the penalty breaks the ties that zero-probability grades create (a unanimous kNN vote has mass 1 at every step),
+# so among equally massive intervals the smallest is preferred. Calibration keeps the sorted scores of the
+# validation images; at call time the ceil((n + 1) * coverage)-th smallest is the threshold, which is what lets
+# any coverage be asked for. Coverage is at least the target; when the decided grade alone is right more often
+# than the target asks, sets are single grades and coverage is that accuracy (sets are never empty).
+CONFORMAL_STEP_PENALTY = 1e-6
+MAX_CONFORMAL_SCORES = 1000  # order statistics kept in the config; more validation images are summarised
+
+
+def grade_interval_growth(scores: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nested intervals grown from the grades `start` `[B]` over distributions `scores` `[B, K]`.
+
+    Returns `bounds` `[B, K, 2]` (inclusive lowest and highest grade after step `j` = 0..K-1) and the
+    penalised `mass` `[B, K]` of each interval, strictly increasing in `j`.
+    """
+    scores = scores.double()  # the step penalty must stay resolvable next to a mass of 1
+    num_labels = scores.shape[-1]
+    lower, upper = start.long().clone(), start.long().clone()
+    mass = scores.gather(-1, start.long()[:, None]).squeeze(-1)
+    bounds, masses = [torch.stack([lower, upper], -1)], [mass]
+    exhausted = scores.new_full(mass.shape, -1.0)
+    for step in range(1, num_labels):
+        below = torch.where(lower > 0, scores.gather(-1, (lower - 1).clamp_min(0)[:, None]).squeeze(-1), exhausted)
+        above = torch.where(
+            upper < num_labels - 1,
+            scores.gather(-1, (upper + 1).clamp_max(num_labels - 1)[:, None]).squeeze(-1),
+            exhausted,
+        )
+        go_up = above >= below
+        upper, lower = torch.where(go_up, upper + 1, upper), torch.where(go_up, lower, lower - 1)
+        mass = mass + torch.where(go_up, above, below)
+        bounds.append(torch.stack([lower, upper], -1))
+        masses.append(mass + step * CONFORMAL_STEP_PENALTY)
+    return torch.stack(bounds, 1), torch.stack(masses, 1)
+
+
+def nonconformity_scores(scores: torch.Tensor, grades: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Nonconformity score `[B]` of the true `labels` under decisions (`scores` `[B, K]`, decided `grades`)."""
+    bounds, mass = grade_interval_growth(scores, grades)
+    labels = labels.long().to(bounds.device)[:, None]
+    contains = (bounds[..., 0] <= labels) & (labels <= bounds[..., 1])
+    step = contains.float().argmax(-1, keepdim=True)
+    # The decided grade is in every set: scoring it 0 keeps calibration from counting it as a miss (which would
+    # inflate the threshold, hence the sets, beyond the coverage asked for).
+    return torch.where(step == 0, 0.0, mass.gather(-1, step)).squeeze(-1)
+
+
+def summarise_conformal_scores(scores: torch.Tensor, max_size: int = MAX_CONFORMAL_SCORES) -> list[float]:
+    """The sorted scores to store, at most `max_size` of them: entry `i` of `m` is the order statistic of rank
+    `ceil((i + 1) * n / m)`, never below the one it stands for, so thresholds read from it stay conservative."""
+    ordered = scores.double().sort().values
+    n, kept = len(ordered), min(len(ordered), max_size)
+    ranks = [-(-(index + 1) * n // kept) for index in range(kept)]  # ceil division
+    return [float(ordered[rank - 1]) for rank in ranks]
+
+
+def conformal_threshold(scores: list[float], calibration_size: int, coverage: float) -> float:
+    """The split-conformal quantile for `coverage`: the `ceil((n + 1) * coverage)`-th smallest of `n` calibration
+    scores (read from the summary of [`summarise_conformal_scores`]); infinite (every grade) when that rank
+    exceeds `n`, i.e. when the calibration set is too small for the coverage asked."""
+    if not 0 < coverage < 1:
+        raise ValueError(f"coverage must lie strictly between 0 and 1, got {coverage}.")
+    rank = math.ceil((calibration_size + 1) * coverage)
+    if rank > calibration_size:
+        return math.inf
+    return scores[(rank - 1) * len(scores) // calibration_size]
+
+
+def conformal_grade_sets(scores: torch.Tensor, grades: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Inclusive `[lowest, highest]` grade `[B, 2]` of each image's set: the largest grown interval whose
+    penalised mass is at most `threshold` (at least the decided grade itself)."""
+    bounds, mass = grade_interval_growth(scores, grades)
+    steps = (mass <= threshold).sum(-1).clamp_min(1) - 1  # mass increases with the step: a prefix qualifies
+    return bounds.gather(1, steps[:, None, None].expand(-1, 1, 2)).squeeze(1)
+
+
 @dataclass
 class GradeDecision:
     """What one decision mode concluded for a batch (see [`decide`]).
@@ -146,27 +227,27 @@ class GradeDecision:
             The decided grade per image.
         neighbors ([`NeighborResult`], *optional*):
             For `mode="knn"`: the bank rows that voted, nearest first.
+        grade_sets (`torch.LongTensor` of shape `[B, 2]`, *optional*):
+            Inclusive lowest and highest grade of each image's conformal grade set (it contains the decided
+            grade). `None` when the config holds no conformal calibration for this mode (or a kNN `k` other
+            than the calibrated `knn_k` was asked for, which the calibration does not cover).
     """
 
     scores: torch.Tensor
     grades: torch.Tensor
     neighbors: NeighborResult | None = None
+    grade_sets: torch.Tensor | None = None
+
+    def grade_set_lists(self) -> list[list[int]] | None:
+        """`grade_sets` as one list of grades per image (e.g. `[2, 3]`)."""
+        if self.grade_sets is None:
+            return None
+        return [list(range(low, high + 1)) for low, high in self.grade_sets.tolist()]
 
 
-def decide(
-    outputs: RetinaScanOutput,
-    mode: str,
-    config: RetinaScanConfig,
-    bank: FeatureBank | None = None,
-    k: int | None = None,
+def _decision(
+    outputs: RetinaScanOutput, mode: str, config: RetinaScanConfig, bank: FeatureBank | None, k: int | None
 ) -> GradeDecision:
-    """The grades of one decision mode from head outputs.
-
-    `outputs` is anything with the fields of [`RetinaScanOutput`] (`embeddings`, `probs`, `predicted_grade`,
-    `prototype_logits`). The pipeline, evaluation and training all call this one function, so a model is
-    evaluated exactly as it is served. Modes: `"knn"` (vote of the `k` nearest `bank` rows), `"ordinal"`
-    (calibrated CORAL thresholds) and `"prototype"` (calibrated softmax over the text prototypes).
-    """
     if mode == "knn":
         if bank is None:
             raise ValueError("mode='knn' needs a feature bank.")
@@ -178,6 +259,31 @@ def decide(
         scores = F.softmax(outputs.prototype_logits.float() / config.prototype_calibration_temperature, dim=-1)
         return GradeDecision(scores, scores.argmax(dim=-1))
     raise ValueError(f"mode must be one of {DECISION_MODES}, got {mode!r}.")
+
+
+def decide(
+    outputs: RetinaScanOutput,
+    mode: str,
+    config: RetinaScanConfig,
+    bank: FeatureBank | None = None,
+    k: int | None = None,
+    coverage: float | None = None,
+) -> GradeDecision:
+    """The grades (and conformal grade sets) of one decision mode from head outputs.
+
+    `outputs` is anything with the fields of [`RetinaScanOutput`] (`embeddings`, `probs`, `predicted_grade`,
+    `prototype_logits`). The pipeline, evaluation and training all call this one function, so a model is
+    evaluated exactly as it is served. Modes: `"knn"` (vote of the `k` nearest `bank` rows), `"ordinal"`
+    (calibrated CORAL thresholds) and `"prototype"` (calibrated softmax over the text prototypes). Grade sets
+    target `coverage` (default: `config.conformal_coverage`) with the mode's calibration scores in the config.
+    """
+    decision = _decision(outputs, mode, config, bank, k)
+    calibration = (config.conformal_scores or {}).get(mode)
+    if calibration and not (mode == "knn" and k not in (None, config.knn_k)):
+        coverage = config.conformal_coverage if coverage is None else coverage
+        threshold = conformal_threshold(calibration, config.conformal_calibration_size, coverage)
+        decision.grade_sets = conformal_grade_sets(decision.scores, decision.grades, threshold)
+    return decision
 
 
 class RetinaScanPreTrainedModel(PreTrainedModel):
@@ -375,6 +481,7 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
 
 
 __all__ = [
+    "CONFORMAL_STEP_PENALTY",
     "DECISION_MODES",
     "GradeDecision",
     "RetinaScanCoralHead",
@@ -382,10 +489,15 @@ __all__ = [
     "RetinaScanOutput",
     "RetinaScanPreTrainedModel",
     "RetinaScanProjectionHead",
+    "conformal_grade_sets",
+    "conformal_threshold",
     "coral_loss",
     "decide",
     "focal_loss",
+    "grade_interval_growth",
+    "nonconformity_scores",
     "ordinal_grades",
     "ordinal_levels",
     "ordinal_probabilities",
+    "summarise_conformal_scores",
 ]

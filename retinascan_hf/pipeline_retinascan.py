@@ -35,6 +35,12 @@ def _first(value: Any) -> Any:
     return _as_list(value)[0]
 
 
+def _grade_set(bounds: list[int]) -> list[int] | None:
+    """Inclusive `[lowest, highest]` grade -> the list of grades; `None` where the model has no grade sets."""
+    low, high = bounds
+    return None if low < 0 else list(range(low, high + 1))
+
+
 def pipeline_registration() -> dict[str, dict[str, Any]]:
     """The `custom_pipelines` entry a saved config carries, so remote code can rebuild this pipeline."""
     return {
@@ -51,14 +57,16 @@ class RetinaScanPipeline(Pipeline):
     """Grade diabetic retinopathy in fundus photographs.
 
     Inputs: a path, URL, bytes, PIL image or numpy array, or a list of them. Per image it returns a dict
-    with `grade`, `label`, `scores` (5 floats summing to 1), `referable` (grade >= 2), `mode` and
-    `gradable`; a bad input gives `{"gradable": False, "error": ...}` in its place.
+    with `grade`, `label`, `scores` (5 floats summing to 1), `referable` (grade >= 2), `mode`, `gradable` and
+    `grade_set` (the contiguous conformal set of grades, e.g. `[2, 3]`, that holds the true grade with the target
+    coverage; `None` for a model without conformal calibration); a bad input gives `{"gradable": False, "error":
+    ...}` in its place.
 
     Args:
         feature_bank (`FeatureBank`, `str` or `None`):
             The bank for `mode="knn"`. By default, the model folder's (or Hub repo's) `feature_bank.safetensors`
             is used if present; pass `False` to use none.
-        mode, k, return_neighbors, timeout: call-time options (see `__call__`).
+        mode, k, return_neighbors, coverage, timeout: call-time options (see `__call__`).
     """
 
     _load_processor = False
@@ -87,7 +95,7 @@ class RetinaScanPipeline(Pipeline):
             )
         return bank
 
-    def _sanitize_parameters(self, mode=None, k=None, return_neighbors=None, timeout=None, **kwargs):
+    def _sanitize_parameters(self, mode=None, k=None, return_neighbors=None, timeout=None, coverage=None, **kwargs):
         if kwargs:
             raise TypeError(f"Unexpected arguments for the retinascan pipeline: {sorted(kwargs)}.")
         preprocess_params, forward_params, postprocess_params = {}, {}, {}
@@ -103,10 +111,21 @@ class RetinaScanPipeline(Pipeline):
             forward_params["k"] = int(k)
         if return_neighbors is not None:
             postprocess_params["return_neighbors"] = bool(return_neighbors)
+        if coverage is not None:
+            forward_params["coverage"] = self._check_coverage(coverage)
         return preprocess_params, forward_params, postprocess_params
 
+    def _check_coverage(self, coverage) -> float:
+        """A call-time coverage for the grade sets: a number in (0, 1), on a model calibrated for them."""
+        if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not 0 < coverage < 1:
+            raise ValueError(f"coverage must be a number strictly between 0 and 1, got {coverage!r}.")
+        if not self.model.config.conformal_scores:
+            raise ValueError("coverage was given, but this model has no conformal calibration (no grade sets).")
+        return float(coverage)
+
     def __call__(self, inputs, **kwargs):
-        """Grade one input or a list of inputs; options: `mode`, `k`, `return_neighbors`, `timeout`, `batch_size`."""
+        """Grade one input or a list of inputs; options: `mode`, `k`, `return_neighbors`, `coverage` (target
+        coverage of the `grade_set`, default the config's `conformal_coverage`), `timeout`, `batch_size`."""
         return super().__call__(inputs, **kwargs)
 
     def preprocess(self, image, timeout: float | None = None) -> dict[str, Any]:
@@ -139,7 +158,9 @@ class RetinaScanPipeline(Pipeline):
             return "ordinal"
         return mode
 
-    def _forward(self, model_inputs: dict[str, Any], mode: str | None = None, k: int | None = None) -> dict[str, Any]:
+    def _forward(
+        self, model_inputs: dict[str, Any], mode: str | None = None, k: int | None = None, coverage: float | None = None
+    ) -> dict[str, Any]:
         mode = self._resolve_mode(mode)
         valid = model_inputs["valid"].bool().cpu()
         pixel_values = model_inputs["pixel_values"]
@@ -150,10 +171,13 @@ class RetinaScanPipeline(Pipeline):
         k = k or self.model.config.knn_k
         neighbor_idx = torch.full((batch, k), -1, dtype=torch.long)
         neighbor_sim = torch.zeros(batch, k)
+        grade_set_bounds = torch.full((batch, 2), -1, dtype=torch.long)  # -1: no grade set
         if valid.any():
             outputs = self.model(pixel_values=pixel_values[valid.to(pixel_values.device)].to(self.model.dtype))
-            decision = decide(outputs, mode, self.model.config, self.feature_bank, k)
+            decision = decide(outputs, mode, self.model.config, self.feature_bank, k, coverage=coverage)
             scores[valid], grades[valid] = decision.scores.float().cpu(), decision.grades.cpu()
+            if decision.grade_sets is not None:
+                grade_set_bounds[valid] = decision.grade_sets.cpu()
             neighbors = decision.neighbors
             if neighbors is not None:
                 width = neighbors.indices.shape[1]
@@ -165,6 +189,7 @@ class RetinaScanPipeline(Pipeline):
             "valid": valid,
             "neighbor_indices": neighbor_idx,
             "neighbor_similarities": neighbor_sim,
+            "grade_set_bounds": grade_set_bounds,
             "mode": [mode] * batch,
             "error": _as_list(model_inputs["error"]),
             "error_type": _as_list(model_inputs["error_type"]),
@@ -189,6 +214,7 @@ class RetinaScanPipeline(Pipeline):
             "referable": grade >= self.model.config.referable_grade,
             "mode": _first(model_outputs["mode"]),
             "gradable": True,
+            "grade_set": _grade_set(model_outputs["grade_set_bounds"].reshape(-1).tolist()),
         }
         if return_neighbors and result["mode"] == "knn":
             result["neighbors"] = self._describe_neighbors(

@@ -1,5 +1,7 @@
 """Training for RetinaScan: Accelerate loop, frozen-backbone feature cache, calibration, model export.
 
+Metrics come from `retinascan_hf.metrics` (also the `evaluate` metric), never from code of their own.
+
 `run_training(TrainingConfig(...))` is the whole job (`scripts/train.py` and `retinascan train` wrap it);
 the modules below are its parts, each importable on its own. The names load lazily (see `retinascan_hf.lazy`),
 so reading `TrainingConfig` for `retinascan train --help` does not import torch.
@@ -11,12 +13,11 @@ _EXPORTS = {
     "CalibrationResult": "calibration",
     "calibrate": "calibration",
     "TrainingConfig": "config",
+    "ConformalResult": "conformal",
+    "fit_conformal": "conformal",
     "CacheStats": "feature_cache",
     "FeatureCache": "feature_cache",
     "backbone_fingerprint": "feature_cache",
-    "expected_calibration_error": "metrics",
-    "grading_report": "metrics",
-    "quadratic_weighted_kappa": "metrics",
     "TrainingResult": "run",
     "run_training": "run",
     "CachedSplit": "splits",

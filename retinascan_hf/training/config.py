@@ -138,7 +138,14 @@ class TrainingConfig:
         "without it such a run refuses to start",
     )
     calibrate: bool = _option(True, help="fit the post-hoc temperatures on validation data")
-    tune_thresholds: bool = _option(True, help="tune the CORAL decision thresholds on validation data")
+    tune_thresholds: bool = _option(
+        True, help="tune the CORAL decision thresholds on validation data (every grade stays reachable)"
+    )
+    min_grade_recall: float = _option(
+        0.0,
+        help="threshold tuning first lifts every grade's validation recall to at least this much (as far as the "
+        "ordering of the cut-points allows), then maximises QWK; 0 maximises QWK alone",
+    )
     progress: bool = _option(True, help="show progress bars (main process only); --no-progress hides every bar")
 
     def __post_init__(self) -> None:
@@ -159,6 +166,8 @@ class TrainingConfig:
             raise ValueError(f"log_with must list trackers among {TRACKERS}, got {unknown_trackers}.")
         if not 0 <= self.warmup_epochs <= self.num_epochs:
             raise ValueError(f"warmup_epochs must lie in [0, num_epochs], got {self.warmup_epochs}.")
+        if not 0 <= self.min_grade_recall <= 1:
+            raise ValueError(f"min_grade_recall must lie in [0, 1], got {self.min_grade_recall}.")
 
     @property
     def resolved_cache_dir(self) -> Path:

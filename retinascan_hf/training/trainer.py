@@ -27,6 +27,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
+from ..metrics import quadratic_weighted_kappa
 from ..modeling_retinascan import RetinaScanModel
 from .checkpointing import (
     TrainingProgress,
@@ -38,7 +39,6 @@ from .checkpointing import (
 )
 from .config import TrainingConfig
 from .evaluation import head_outputs
-from .metrics import quadratic_weighted_kappa
 from .optim import build_optimizer, build_scheduler, freeze_unused_towers
 from .sampler import BalancedGradeSampler
 from .splits import CachedSplit, TrainingSplit, epoch_plan
@@ -343,10 +343,10 @@ class RetinaScanTrainer:
         num_labels = model.config.num_labels
         return {
             "val/loss": outputs.loss,
-            "val/qwk": quadratic_weighted_kappa(grades.numpy(), predicted, num_labels),
+            "val/qwk": _kappa(quadratic_weighted_kappa(grades.numpy(), predicted, num_labels)),
             "val/accuracy": float((predicted == grades.numpy()).mean()),
-            "val/prototype_qwk": quadratic_weighted_kappa(
-                grades.numpy(), outputs.prototype_logits.argmax(-1).numpy(), num_labels
+            "val/prototype_qwk": _kappa(
+                quadratic_weighted_kappa(grades.numpy(), outputs.prototype_logits.argmax(-1).numpy(), num_labels)
             ),
         }
 
@@ -360,6 +360,12 @@ class RetinaScanTrainer:
             metadata = {"epoch": str(self.progress.best_epoch), "val_qwk": f"{qwk:.6f}"}
             save_best_weights(self.unwrapped_model, self.best_dir, metadata)
         self.accelerator.wait_for_everyone()
+
+
+def _kappa(value: float | None) -> float:
+    """Kappa for logs and model selection: NaN where undefined (a one-grade validation split), which
+    `_keep_if_best` never takes as an improvement."""
+    return math.nan if value is None else value
 
 
 def _loggable(values: dict[str, Any]) -> dict[str, Any]:
