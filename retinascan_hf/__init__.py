@@ -1,13 +1,14 @@
 """retinascan_hf: diabetic retinopathy grading (ICDR 0-4) from fundus photographs, native to transformers.
 
-Importing the package registers the `retinascan` model type with the Auto classes and the
-`"retinascan"` pipeline task, and marks the classes for `register_for_auto_class`, so that every
-`save_pretrained` writes a folder that loads with `trust_remote_code=True` in a process that never
+Importing the package registers the `retinascan` model type with the Auto classes (`AutoModel` and
+`AutoModelForImageClassification` included) and the `"retinascan"` pipeline task, so that saved folders load
+with the installed classes and no `trust_remote_code`; it also marks the classes for `register_for_auto_class`,
+so that every `save_pretrained` writes a folder that loads with `trust_remote_code=True` in a process that never
 imports this package (the Hub's remote-code path).
 """
 
 from .configuration_retinascan import ICDR_LABELS, RetinaScanConfig
-from .feature_bank import FEATURE_BANK_NAME, FeatureBank, FeatureBankMismatchError
+from .feature_bank import FEATURE_BANK_NAME, FeatureBank, FeatureBankMismatchError, FeatureBankUnavailableError
 from .image_processing_retinascan import (
     ImageTooLargeError,
     InvalidImageError,
@@ -29,6 +30,7 @@ __all__ = [
     "ICDR_LABELS",
     "FeatureBank",
     "FeatureBankMismatchError",
+    "FeatureBankUnavailableError",
     "ImageTooLargeError",
     "InvalidImageError",
     "NoFundusFoundError",

@@ -85,6 +85,7 @@ def test_saved_folder_declares_remote_code(model_dir):
     assert config["auto_map"] == {
         "AutoConfig": "configuration_retinascan.RetinaScanConfig",
         "AutoModel": "modeling_retinascan.RetinaScanModel",
+        "AutoModelForImageClassification": "modeling_retinascan.RetinaScanModel",
     }
     assert config["custom_pipelines"]["retinascan"]["impl"] == "pipeline_retinascan.RetinaScanPipeline"
     processor = json.loads((model_dir / "preprocessor_config.json").read_text())
