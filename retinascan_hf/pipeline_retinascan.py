@@ -63,6 +63,9 @@ class RetinaScanPipeline(Pipeline):
     _load_image_processor = True
     _load_feature_extractor = False
     _load_tokenizer = False
+    # Left unset, `pipeline()` tries to load a video processor, infers one from the image processor's `auto_map` and
+    # asks on a terminal whether to run that (non-existent) remote code.
+    _load_video_processor = False
 
     def __init__(self, *args, feature_bank: FeatureBank | str | os.PathLike | bool | None = None, **kwargs):
         super().__init__(*args, **kwargs)
