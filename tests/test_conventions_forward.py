@@ -3,10 +3,10 @@ and `logits` that image-classification tooling can use (their argmax is the mode
 
 from __future__ import annotations
 
-import datasets
 import pytest
 import torch
-from transformers import Trainer, TrainingArguments
+from conventions_support import cpu_arguments, pixel_dataset
+from transformers import Trainer
 
 from retinascan_hf.modeling_retinascan import ordinal_grade_logits, ordinal_grades, ordinal_probabilities
 from retinascan_hf.tiny_clip import random_retinascan
@@ -110,14 +110,10 @@ def test_model_logits_agree_with_predicted_grade_and_probs(tiny_model_and_proces
 
 def test_trainer_predict_returns_logits_first(tiny_model_and_processor, fundus_images, tmp_path):
     model, processor = tiny_model_and_processor
-    pixel_values = processor(fundus_images)["pixel_values"]
-    dataset = datasets.Dataset.from_dict(
-        {"pixel_values": pixel_values.tolist(), "labels": [0, 1, 2, 3, 4] * 2}
-    ).with_format("torch")
-    arguments = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], disable_tqdm=True)
-    predictions = Trainer(model=model, args=arguments).predict(dataset).predictions
+    dataset = pixel_dataset(processor, fundus_images)
+    predictions = Trainer(model=model, args=cpu_arguments(tmp_path)).predict(dataset).predictions
     with torch.no_grad():
-        expected = model(pixel_values=pixel_values)
+        expected = model(pixel_values=processor(fundus_images)["pixel_values"])
     assert predictions[0].shape == (10, 5)
     assert torch.allclose(torch.from_numpy(predictions[0]), expected.logits, atol=1e-5)
     assert (predictions[0].argmax(-1) == expected.predicted_grade.numpy()).all()

@@ -8,10 +8,10 @@ are checked in `test_conventions_remote.py`.
 
 from __future__ import annotations
 
-import datasets
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, Trainer, TrainingArguments
+from conventions_support import cpu_arguments, pixel_dataset
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, Trainer
 
 from retinascan_hf import RetinaScanConfig, RetinaScanModel
 from retinascan_hf.tiny_clip import random_retinascan, tiny_clip_config
@@ -70,21 +70,9 @@ def test_one_trainer_step_after_from_pretrained_leaves_clip_untouched(
 ):
     """The reported damage: fine-tuning a loaded model with `transformers.Trainer` at lr 1e-3 moved all CLIP weights."""
     model = RetinaScanModel.from_pretrained(saved)
-    pixel_values = tiny_model_and_processor[1](fundus_images)["pixel_values"]
-    dataset = datasets.Dataset.from_dict(
-        {"pixel_values": pixel_values.tolist(), "labels": [0, 1, 2, 3, 4] * 2}
-    ).with_format("torch")
+    dataset = pixel_dataset(tiny_model_and_processor[1], fundus_images)
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    arguments = TrainingArguments(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        report_to=[],
-        max_steps=1,
-        per_device_train_batch_size=10,
-        learning_rate=1e-3,
-        save_strategy="no",
-        disable_tqdm=True,
-    )
+    arguments = cpu_arguments(tmp_path, max_steps=1, per_device_train_batch_size=10, learning_rate=1e-3)
     Trainer(model=model, args=arguments, train_dataset=dataset).train()
     after = model.state_dict()
     clip_names = [name for name in before if name.startswith("clip.")]
