@@ -36,6 +36,15 @@ class FeatureBankMismatchError(ValueError):
     """A bank and the model (or query) using it disagree on embedding width or dtype."""
 
 
+def bank_location(
+    pretrained_model_name_or_path: str | os.PathLike, revision: str | None = None, subfolder: str = ""
+) -> str:
+    """Where a bank is looked for, as messages name it: a folder, or a Hub repo at a revision."""
+    source = str(pretrained_model_name_or_path)
+    where = f"{source}/{subfolder}" if subfolder else source
+    return where if os.path.isdir(source) else f"{where} (revision {revision or 'main'})"
+
+
 class FeatureBankUnavailableError(OSError):
     """Whether a repo revision has a feature bank could not be determined (no connection, Hub error, or offline
     with the file not in the cache). Raised instead of silently grading without the bank."""
@@ -276,8 +285,7 @@ class FeatureBank:
                 return cls.from_file(path)
         if missing_ok:
             return None
-        location = os.path.join(source, subfolder)
-        raise OSError(f"{location} (revision {revision or 'default'}) has no {FEATURE_BANK_NAME}.")
+        raise OSError(f"{bank_location(source, revision, subfolder)} has no {FEATURE_BANK_NAME}.")
 
 
 def _download(
@@ -311,7 +319,7 @@ def _download(
         if try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision) is _CACHED_NO_EXIST:
             return None
         raise FeatureBankUnavailableError(
-            f"Could not check whether {repo_id} (revision {revision or 'default'}) has a {FEATURE_BANK_NAME}: "
+            f"Could not check whether {bank_location(repo_id, revision, subfolder)} has a {FEATURE_BANK_NAME}: "
             f"{error} Connect to the Hub (or download the file into the cache), or pass feature_bank=False to the "
             "pipeline to grade without the kNN vote."
         ) from error
@@ -323,4 +331,5 @@ __all__ = [
     "FeatureBankMismatchError",
     "FeatureBankUnavailableError",
     "NeighborResult",
+    "bank_location",
 ]

@@ -406,7 +406,9 @@ class RetinaScanImageProcessor(BaseImageProcessor):
             raise ValueError(f"rescale_factor must be a positive number, got {self.rescale_factor!r}.")
 
     def _with_overrides(self, **overrides: Any) -> RetinaScanImageProcessor:
-        """A copy of this processor with one call's overrides applied (this instance is left as it is)."""
+        """A copy of this processor with one call's overrides applied (this instance is left as it is); `None`
+        keeps the processor's own setting, as in transformers' image processors."""
+        overrides = {name: value for name, value in overrides.items() if value is not None}
         if not overrides:
             return self
         processor = copy.copy(self)

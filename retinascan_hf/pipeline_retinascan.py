@@ -23,7 +23,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
 from .configuration_retinascan import PIPELINE_TASK
-from .feature_bank import FEATURE_BANK_NAME, FeatureBank
+from .feature_bank import FEATURE_BANK_NAME, FeatureBank, bank_location
 from .image_processing_retinascan import describe_input
 from .modeling_retinascan import DECISION_MODES, decide
 
@@ -101,10 +101,10 @@ class RetinaScanPipeline(Pipeline):
             return None
         bank = FeatureBank.from_pretrained(**source, missing_ok=True)
         if bank is None:
-            location = os.path.join(source["pretrained_model_name_or_path"], source["subfolder"])
+            location = bank_location(source["pretrained_model_name_or_path"], source["revision"], source["subfolder"])
             logger.warning(
-                f"{location} (revision {source['revision'] or 'default'}) has no {FEATURE_BANK_NAME}: grading with "
-                "mode='ordinal' instead of the kNN vote. Pass feature_bank=False to choose this explicitly."
+                f"{location} has no {FEATURE_BANK_NAME}: grading with mode='ordinal' instead of the kNN vote. "
+                "Pass feature_bank=False to choose this explicitly."
             )
         return bank
 

@@ -381,6 +381,7 @@ def test_per_call_overrides_equal_the_same_settings_on_the_processor(processor):
         expected = RetinaScanImageProcessor(**{**PROCESSOR_DICT, name: value})(image).pixel_values
         assert torch.equal(processor(image, **{name: value}).pixel_values, expected), name
     assert processor.size == PROCESSOR_DICT["size"] and processor.do_normalize is True  # the instance is unchanged
+    assert torch.equal(processor(image, image_mean=None, size=None).pixel_values, processor(image).pixel_values)
 
 
 def test_input_and_output_data_formats():

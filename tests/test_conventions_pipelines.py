@@ -33,7 +33,11 @@ from retinascan_hf.pipeline_retinascan import logger
 RESULT_KEYS = {"grade", "label", "scores", "referable", "mode", "gradable"}
 
 
-def test_pipeline_task_uses_the_installed_classes_without_trust_remote_code(model_dir, fundus_images):
+def test_pipeline_task_uses_the_installed_classes_without_trust_remote_code(model_dir, fundus_images, monkeypatch):
+    def no_question(prompt):  # transformers asks on a terminal before running remote code
+        raise AssertionError(f"pipeline() asked: {prompt}")
+
+    monkeypatch.setattr("builtins.input", no_question)
     grader = pipeline("retinascan", model=str(model_dir))
     assert type(grader) is RetinaScanPipeline and type(grader.model) is RetinaScanModel
     assert type(grader.image_processor) is RetinaScanImageProcessor
