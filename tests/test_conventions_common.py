@@ -25,6 +25,7 @@ What does not apply, and why:
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from dataclasses import dataclass
 
@@ -127,8 +128,6 @@ def test_determinism_and_batching_equivalence(tester):
 
 
 def test_main_input_name_is_the_first_forward_argument():
-    import inspect
-
     assert list(inspect.signature(RetinaScanModel.forward).parameters)[1] == RetinaScanModel.main_input_name
 
 
@@ -200,6 +199,11 @@ def test_retain_grad_hidden_states_attentions():
     assert hidden_states.grad is not None and attentions.grad is not None
 
 
+def tensors_of(value) -> list[torch.Tensor]:
+    """The tensors of a (nested) tuple, in order."""
+    return [value] if isinstance(value, torch.Tensor) else [leaf for item in value for leaf in tensors_of(item)]
+
+
 def test_model_outputs_equivalence(tester):
     model = tester.model()
     model.set_attn_implementation("eager")
@@ -209,8 +213,7 @@ def test_model_outputs_equivalence(tester):
             with torch.no_grad():
                 as_dict = model(**inputs).to_tuple()
                 as_tuple = model(**inputs, return_dict=False)
-            flat_dict = torch.utils._pytree.tree_leaves(as_dict)
-            flat_tuple = torch.utils._pytree.tree_leaves(as_tuple)
+            flat_dict, flat_tuple = tensors_of(as_dict), tensors_of(as_tuple)
             assert len(flat_dict) == len(flat_tuple)
             assert all(torch.equal(a, b) for a, b in zip(flat_dict, flat_tuple, strict=True))
 
