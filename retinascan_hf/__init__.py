@@ -2,7 +2,8 @@
 
 Importing the package is cheap: the public names below load their modules on first use (PEP 562), so
 `retinascan --help` and `import retinascan_hf.x` never pay for torch and transformers unless they use them.
-It still registers the `retinascan` model type with the Auto classes and the `"retinascan"` pipeline task
+It still registers the `retinascan` model type with the Auto classes (`AutoModel` and
+`AutoModelForImageClassification` included) and the `"retinascan"` pipeline task
 (and marks the classes for `register_for_auto_class`, so every `save_pretrained` writes a folder that loads
 with `trust_remote_code=True` where this package is not installed): immediately when transformers' Auto
 classes are already imported, otherwise the moment they are (`import_hook` says how and why). Either way,
@@ -22,6 +23,7 @@ _EXPORTS = {
     "FEATURE_BANK_NAME": "feature_bank",
     "FeatureBank": "feature_bank",
     "FeatureBankMismatchError": "feature_bank",
+    "FeatureBankUnavailableError": "feature_bank",
     "ImageTooLargeError": "image_processing_retinascan",
     "InvalidImageError": "image_processing_retinascan",
     "NoFundusFoundError": "image_processing_retinascan",
@@ -39,7 +41,7 @@ __getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what static analysers and IDEs see; at run time `__getattr__` resolves these names
     from .configuration_retinascan import ICDR_LABELS, RetinaScanConfig
-    from .feature_bank import FEATURE_BANK_NAME, FeatureBank, FeatureBankMismatchError
+    from .feature_bank import FEATURE_BANK_NAME, FeatureBank, FeatureBankMismatchError, FeatureBankUnavailableError
     from .image_processing_retinascan import (
         ImageTooLargeError,
         InvalidImageError,
@@ -60,6 +62,7 @@ __all__ = [
     "ICDR_LABELS",
     "FeatureBank",
     "FeatureBankMismatchError",
+    "FeatureBankUnavailableError",
     "ImageTooLargeError",
     "InvalidImageError",
     "NoFundusFoundError",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from transformers import CLIPConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -56,6 +56,16 @@ _EMBEDDING_VISION_FIELDS: tuple[str, ...] = (
     "hidden_act",
     "layer_norm_eps",
 )
+
+
+PIPELINE_TASK = "retinascan"
+
+
+def pipeline_registration() -> dict[str, dict[str, Any]]:
+    """The `custom_pipelines` entry every saved config carries, so that remote code can rebuild the pipeline
+    (`pipeline_retinascan.py` is saved beside the weights)."""
+    spec = {"impl": "pipeline_retinascan.RetinaScanPipeline", "pt": ["AutoModel"], "tf": [], "type": "image"}
+    return {PIPELINE_TASK: spec}
 
 
 class RetinaScanConfig(PreTrainedConfig):
@@ -112,6 +122,11 @@ class RetinaScanConfig(PreTrainedConfig):
     """
 
     model_type = "retinascan"
+    # Pipeline tasks this process serves with installed classes: set by the installed package's `register()`, never
+    # by a remote-code copy of this file. `pipeline()` demands `trust_remote_code=True` for every task named in a
+    # config's `custom_pipelines`, even when an installed pipeline is registered under that name; leaving the
+    # installed tasks out of the loaded config lets the installed registration serve them.
+    locally_registered_pipeline_tasks: ClassVar[frozenset[str]] = frozenset()
     sub_configs_defaults = {
         "backbone_config": SubConfigSpec(config_class=CLIPConfig, init_kwargs=DEFAULT_BACKBONE_KWARGS)
     }
@@ -147,6 +162,11 @@ class RetinaScanConfig(PreTrainedConfig):
             self.grade_descriptions = list(DEFAULT_GRADE_DESCRIPTIONS[: self.num_labels])
         if self.coral_thresholds is None:
             self.coral_thresholds = [0.0] * (self.num_labels - 1)
+        self.custom_pipelines = {
+            task: spec
+            for task, spec in pipeline_registration().items()
+            if task not in type(self).locally_registered_pipeline_tasks
+        }
         self._validate()
 
     def _validate(self) -> None:
@@ -188,6 +208,13 @@ class RetinaScanConfig(PreTrainedConfig):
             if not all(0.0 <= value <= 2.0 for value in values) or values != sorted(values):
                 raise ValueError(f"conformal_scores[{mode!r}] must be sorted probability masses in [0, 2].")
 
+    def to_dict(self) -> dict[str, Any]:
+        """`PreTrainedConfig.to_dict`, always with the full `custom_pipelines` entry: a saved config must let remote
+        code rebuild the pipeline, whichever process (with or without the package) saves it."""
+        output = super().to_dict()
+        output["custom_pipelines"] = pipeline_registration()
+        return output
+
     @property
     def embedding_dim(self) -> int:
         """Width of the image embeddings (and of feature-bank rows): CLIP's joint embedding width."""
@@ -213,4 +240,4 @@ class RetinaScanConfig(PreTrainedConfig):
         return hashlib.sha256(encoded).hexdigest()[:16]
 
 
-__all__ = ["DEFAULT_GRADE_DESCRIPTIONS", "ICDR_LABELS", "RetinaScanConfig"]
+__all__ = ["DEFAULT_GRADE_DESCRIPTIONS", "ICDR_LABELS", "PIPELINE_TASK", "RetinaScanConfig", "pipeline_registration"]

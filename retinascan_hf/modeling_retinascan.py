@@ -19,12 +19,17 @@ from torch import nn
 from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.dynamic_module_utils import custom_object_save
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .configuration_retinascan import RetinaScanConfig
 from .feature_bank import FeatureBank, NeighborResult
 
 DECISION_MODES: tuple[str, ...] = ("knn", "ordinal", "prototype")
+
+# The Auto classes a saved folder maps to this model (`auto_map`), for remote code, and that `register()` maps
+# `model_type="retinascan"` to for the installed package. The model is an image classifier over the ICDR grades.
+AUTO_MODEL_CLASSES: tuple[str, ...] = ("AutoModel", "AutoModelForImageClassification")
 
 
 def ordinal_levels(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
@@ -71,6 +76,22 @@ def ordinal_probabilities(
     return cumulative[..., :-1] - cumulative[..., 1:]
 
 
+def ordinal_grade_logits(logits: torch.Tensor, temperature: float, thresholds: torch.Tensor) -> torch.Tensor:
+    """CORAL logits `[B, K-1]` -> grade logits `[B, K]` whose argmax is the ordinal decision ([`ordinal_grades`]).
+
+    Grade `k`'s logit is the sum of the first `k` calibrated task logits `logit_j / temperature - threshold_j`
+    (grade 0's is 0), after a running minimum makes them non-increasing (the same rank-consistency repair as
+    [`ordinal_probabilities`]). Consecutive grade logits then differ by one task logit, so `softmax` of these logits
+    is the adjacent-categories ordinal model (`P(k) / P(k-1) = exp(task logit k-1)`), and the sums rise while tasks
+    pass and fall after the first failing one: their argmax is the number of leading passes, the ordinal grade.
+    This is why `RetinaScanOutput.logits` uses them: anything that takes `argmax(logits)` (the image-classification
+    pipeline, `Trainer.predict`, `evaluate`) agrees with the model's ordinal decision. Exact up to float rounding:
+    a task logit within about 1e-7 (relative) of its threshold can tie with the previous grade.
+    """
+    steps = (logits.float() / temperature - thresholds.to(logits.device)).cummin(dim=-1).values
+    return torch.cat([steps.new_zeros((*steps.shape[:-1], 1)), steps.cumsum(dim=-1)], dim=-1)
+
+
 def ordinal_grades(logits: torch.Tensor, temperature: float, thresholds: torch.Tensor) -> torch.Tensor:
     """Grade = number of leading CORAL tasks whose scaled logit exceeds its threshold, `[B]`.
 
@@ -107,11 +128,16 @@ class RetinaScanCoralHead(nn.Module):
 
 @dataclass
 class RetinaScanOutput(ModelOutput):
-    """Output of [`RetinaScanModel`].
+    """Output of [`RetinaScanModel`]. With `return_dict=False` the model returns `to_tuple()`: the fields below that
+    are not `None`, in this order (`loss` first when given, then `logits`, as image classifiers in transformers do).
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
             `coral_loss_weight * CORAL + prototype_loss_weight * focal(prototype_logits)`.
+        logits (`torch.FloatTensor` of shape `[B, num_labels]`):
+            Grade logits for image-classification tooling (see [`ordinal_grade_logits`]): their argmax is
+            `predicted_grade`, and their softmax the adjacent-categories form of the calibrated ordinal head. The
+            calibrated CORAL grade distribution itself is `probs`.
         ordinal_logits (`torch.FloatTensor` of shape `[B, num_labels - 1]`):
             CORAL logits for "grade > k", k = 0..K-2 (uncalibrated).
         prototype_logits (`torch.FloatTensor` of shape `[B, num_labels]`):
@@ -125,15 +151,24 @@ class RetinaScanOutput(ModelOutput):
             Ordinal decision with the calibrated temperature and thresholds from the config.
         image_features (`torch.FloatTensor` of shape `[B, D]`):
             The backbone's (CLIP) image features, the input of `forward_head`; what training caches.
+        hidden_states (`tuple[torch.FloatTensor]`, *optional*, returned with `output_hidden_states=True`):
+            CLIP vision tower's hidden states (embeddings, then one per layer), each `[B, tokens, hidden_size]`.
+            `None` when the model is given `image_features` (the backbone does not run).
+        attentions (`tuple[torch.FloatTensor]`, *optional*, returned with `output_attentions=True`):
+            CLIP vision tower's attention weights, one `[B, heads, tokens, tokens]` per layer. Only the `"eager"`
+            attention implementation computes them (transformers returns none for `"sdpa"`).
     """
 
     loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
     ordinal_logits: torch.FloatTensor | None = None
     prototype_logits: torch.FloatTensor | None = None
     probs: torch.FloatTensor | None = None
     embeddings: torch.FloatTensor | None = None
     predicted_grade: torch.LongTensor | None = None
     image_features: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 # Split-conformal grade sets. A grade set is a contiguous interval of grades grown from the decided grade, one
@@ -286,6 +321,17 @@ def decide(
     return decision
 
 
+def _register_pipeline_task() -> None:
+    """Register `pipeline("retinascan")` unless a pipeline already serves it (see `register_pipeline_task`).
+
+    Called when a model is built, because a model loaded through remote code must bring its pipeline task with it,
+    and imported here, not at module level, because the pipeline module imports this one.
+    """
+    from .pipeline_retinascan import register_pipeline_task
+
+    register_pipeline_task(replace=False)
+
+
 class RetinaScanPreTrainedModel(PreTrainedModel):
     config_class = RetinaScanConfig
     base_model_prefix = "retinascan"
@@ -293,6 +339,12 @@ class RetinaScanPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["CLIPEncoderLayer"]
+    # Attention runs only inside the CLIP backbone, so RetinaScan supports exactly what CLIP supports; the requested
+    # `attn_implementation` is applied to the backbone's (sub-)config by transformers.
+    _supports_sdpa = CLIPModel._supports_sdpa
+    _supports_flash_attn = CLIPModel._supports_flash_attn
+    _supports_flex_attn = CLIPModel._supports_flex_attn
+    _supports_attention_backend = CLIPModel._supports_attention_backend
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -333,8 +385,25 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         self.register_buffer("feature_mean", torch.zeros(dim), persistent=True)
         self.register_buffer("feature_std", torch.ones(dim), persistent=True)
         self.post_init()
-        if config.freeze_backbone:
+        self.apply_backbone_freezing()
+        _register_pipeline_task()
+
+    def apply_backbone_freezing(self) -> None:
+        """Make CLIP's parameters untrainable when `config.freeze_backbone` is set (a no-op otherwise).
+
+        Called at construction *and* at the end of `from_pretrained`: transformers' loader replaces every parameter
+        with a new `nn.Parameter(..., requires_grad=True)` holding the checkpoint's values, so a flag set in
+        `__init__` does not survive loading.
+        """
+        if self.config.freeze_backbone:
             self.clip.requires_grad_(False)
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The vision tower's patch embedding (a `Conv2d`), as for transformers' vision models."""
+        return self.clip.vision_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.clip.vision_model.embeddings.patch_embedding = value
 
     @classmethod
     def from_backbone(
@@ -360,21 +429,31 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, remembering where (and at which revision) the weights came from.
+        """`PreTrainedModel.from_pretrained`, with `freeze_backbone` applied and the weights' origin remembered.
 
-        The pipeline reads `pretrained_source` to load the feature bank from the same repo *and commit* as
-        the weights: a bank from another revision would vote with embeddings of other weights.
+        Every loading path (this class, `AutoModel`, `AutoModelForImageClassification`, remote code, pipelines) ends
+        here, so this is where the backbone is frozen again after the loader replaced its parameters (see
+        [`apply_backbone_freezing`]). The pipeline reads `pretrained_source` to load the feature bank from the same
+        repo *and commit* as the weights: a bank from another revision would vote with embeddings of other weights.
+        Returns what transformers returns (`(model, loading_info)` with `output_loading_info=True`).
         """
-        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        model.pretrained_source = {
-            "pretrained_model_name_or_path": str(pretrained_model_name_or_path),
-            "revision": kwargs.get("revision"),
-            "cache_dir": kwargs.get("cache_dir"),
-            "token": kwargs.get("token"),
-            "local_files_only": bool(kwargs.get("local_files_only", False)),
-            "subfolder": kwargs.get("subfolder") or "",
-        }
-        return model
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.apply_backbone_freezing()
+        # `None` (weights given as `state_dict`, nothing on disk or the Hub): there is no folder to find a bank in.
+        model.pretrained_source = (
+            None
+            if pretrained_model_name_or_path is None
+            else {
+                "pretrained_model_name_or_path": str(pretrained_model_name_or_path),
+                "revision": kwargs.get("revision"),
+                "cache_dir": kwargs.get("cache_dir"),
+                "token": kwargs.get("token"),
+                "local_files_only": bool(kwargs.get("local_files_only", False)),
+                "subfolder": kwargs.get("subfolder") or "",
+            }
+        )
+        return loaded
 
     @torch.no_grad()
     def compute_text_prototypes(self, tokenizer, descriptions: list[str] | None = None) -> torch.Tensor:
@@ -412,9 +491,18 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         self.feature_mean.copy_(flat.mean(dim=0))
         self.feature_std.copy_(flat.std(dim=0).clamp_min(eps))
 
+    def backbone_outputs(
+        self, pixel_values: torch.Tensor, output_attentions: bool = False, output_hidden_states: bool = False
+    ) -> BaseModelOutputWithPooling:
+        """CLIP's image tower on pixels `[B, 3, H, W]`: `pooler_output` holds the projected image features `[B, D]`,
+        and `hidden_states` / `attentions` the vision tower's, when requested."""
+        return self.clip.get_image_features(
+            pixel_values=pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+        )
+
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Backbone: pixels `[B, 3, H, W]` -> CLIP image features `[B, D]` (projected pooler output)."""
-        return self.clip.get_image_features(pixel_values=pixel_values).pooler_output
+        return self.backbone_outputs(pixel_values).pooler_output
 
     def forward_head(self, image_features: torch.Tensor, labels: torch.Tensor | None = None) -> RetinaScanOutput:
         """Trainable heads on backbone features `[B, D]`; the loss when `labels` `[B]` are given."""
@@ -438,6 +526,7 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
             )
         return RetinaScanOutput(
             loss=loss,
+            logits=ordinal_grade_logits(ordinal_logits, config.ordinal_temperature, thresholds),
             ordinal_logits=ordinal_logits,
             prototype_logits=prototype_logits,
             probs=ordinal_probabilities(ordinal_logits, config.ordinal_temperature, thresholds),
@@ -451,36 +540,61 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
-        **kwargs,
-    ) -> RetinaScanOutput:
-        """Grade a batch. Give `pixel_values` `[B, 3, H, W]`, or precomputed `image_features` `[B, D]`."""
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> RetinaScanOutput | tuple[torch.Tensor, ...]:
+        """Grade a batch. Give `pixel_values` `[B, 3, H, W]`, or precomputed `image_features` `[B, D]`.
+
+        `output_attentions` / `output_hidden_states` (default: the config's) return the CLIP vision tower's
+        attentions / hidden states; `return_dict=False` returns a tuple (see [`RetinaScanOutput`]). There is no
+        `**kwargs`: a misspelt argument (`lables=`) raises `TypeError` instead of silently returning no loss.
+        """
         if (pixel_values is None) == (image_features is None):
             raise ValueError("Pass exactly one of `pixel_values` or `image_features`.")
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        backbone = None
         if image_features is None:
-            expected = self.config.backbone_config.vision_config.image_size
+            expected = config.backbone_config.vision_config.image_size
             if pixel_values.ndim != 4 or pixel_values.shape[1] != 3 or pixel_values.shape[-2:] != (expected, expected):
                 raise ValueError(
                     f"pixel_values must have shape [B, 3, {expected}, {expected}], got {tuple(pixel_values.shape)}: "
                     "use RetinaScanImageProcessor to prepare images."
                 )
-            image_features = self.forward_features(pixel_values.to(self.dtype))
-        return self.forward_head(image_features, labels=labels)
+            backbone = self.backbone_outputs(pixel_values.to(self.dtype), output_attentions, output_hidden_states)
+            image_features = backbone.pooler_output
+        output = self.forward_head(image_features, labels=labels)
+        if backbone is not None and (output_attentions or output_hidden_states):
+            # Rebuilt rather than assigned: a ModelOutput field that was None at construction is not a key of it,
+            # and `to_tuple()` must keep the field order.
+            output = RetinaScanOutput(**output, hidden_states=backbone.hidden_states, attentions=backbone.attentions)
+        return output if return_dict else output.to_tuple()
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """Save weights and config, and, for remote-code loading, the pipeline code beside them.
 
-        `config.custom_pipelines` names the pipeline so that `pipeline("retinascan", model=DIR,
-        trust_remote_code=True)` works in a process that never imported `retinascan_hf`.
+        The config's `auto_map` names this class for every Auto class in `AUTO_MODEL_CLASSES` (transformers itself
+        writes only the one the class was registered for), and its `custom_pipelines` (see
+        [`RetinaScanConfig.to_dict`]) the pipeline, so that `AutoModelForImageClassification` and
+        `pipeline("retinascan", model=DIR, trust_remote_code=True)` work in a process that never imported
+        `retinascan_hf`.
         """
-        from .pipeline_retinascan import RetinaScanPipeline, pipeline_registration
+        from .pipeline_retinascan import RetinaScanPipeline
 
-        self.config.custom_pipelines = pipeline_registration()
+        if self.is_remote_code():
+            target = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            self.config.auto_map = {**auto_map, **dict.fromkeys(AUTO_MODEL_CLASSES, target)}
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             custom_object_save(RetinaScanPipeline, save_directory)
 
 
 __all__ = [
+    "AUTO_MODEL_CLASSES",
     "CONFORMAL_STEP_PENALTY",
     "DECISION_MODES",
     "GradeDecision",
@@ -496,6 +610,7 @@ __all__ = [
     "focal_loss",
     "grade_interval_growth",
     "nonconformity_scores",
+    "ordinal_grade_logits",
     "ordinal_grades",
     "ordinal_levels",
     "ordinal_probabilities",
