@@ -117,6 +117,10 @@ class RetinaScanConfig(PreTrainedConfig):
             quantile is what lets any coverage be asked for at call time. `None`: no grade sets.
         conformal_calibration_size (`int`, *optional*):
             Number of validation images the `conformal_scores` summarise (required with them).
+        text_tower (`bool`, defaults to `True`):
+            Whether the model holds CLIP's text tower. Grading never runs it (the prototypes are a saved buffer), so
+            a release drops it (`RetinaScanModel.drop_text_tower`): 42% of a ViT-B/16 checkpoint. Without it,
+            `compute_text_prototypes` cannot run.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the normal initialisation of the heads.
     """
@@ -149,6 +153,7 @@ class RetinaScanConfig(PreTrainedConfig):
     conformal_coverage: float = 0.9
     conformal_scores: dict[str, list[float]] | None = None
     conformal_calibration_size: int | None = None
+    text_tower: bool = True
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):

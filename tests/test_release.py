@@ -39,10 +39,17 @@ TRAINING_METRICS = {
         "prototype_ece_after": 0.05,
     },
     "data": {"train": {"images": 6, "per_grade": [4, 1, 1, 0, 0]}},
+    "conformal": {"calibration_size": 58, "coverage": 0.9},
     "evaluation": {
         "test": {
-            "knn": {"qwk": 0.8123, "accuracy": 0.75, "referable_sensitivity": 0.9, "referable_specificity": 0.6},
-            "ordinal": {"qwk": 0.7, "accuracy": 0.5, "referable_sensitivity": None, "referable_specificity": 0.5},
+            "knn": {
+                "qwk": 0.8123,
+                "accuracy": 0.75,
+                "referable": {"sensitivity": 0.9, "specificity": 0.6},
+                "confidence_intervals": {"qwk": [0.7, 0.9], "referable": {"sensitivity": [0.8, 1.0]}},
+                "grade_sets": {"coverage": 0.93, "mean_size": 1.8},
+            },
+            "ordinal": {"qwk": 0.7, "accuracy": 0.5, "referable": {"sensitivity": None, "specificity": 0.5}},
         }
     },
 }
@@ -73,7 +80,9 @@ def test_card_metadata_and_sections(tiny_model_and_processor) -> None:
     text = card.text
     assert "not a medical device" in text
     assert "| eyepacs | 6 | 2 | 2 | 2 |" in text  # train/validation/test images and exclusions from the report
-    assert "0.812" in text and "| ordinal | 0.700 | 0.500 | - | 0.500 |" in text
+    assert "| knn | 0.812 [0.700, 0.900] | 0.750 | 0.900 [0.800, 1.000] | 0.600 |" in text
+    assert "| ordinal | 0.700 | 0.500 | - | 0.500 |" in text
+    assert "covered the true grade for 93.0% of images with\n1.80 grades" in text
     assert f'model="{REPO_ID}"' in text and "revision=" in text
     assert "[More Information Needed]" not in text
 
@@ -245,3 +254,42 @@ def test_staging_leaves_the_source_folder_untouched(model_dir: Path, tmp_path: P
     before = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
     stage_release(model_dir, tmp_path / "release", facts(), storage_dtype="float16")
     assert before == {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+
+
+def test_a_release_without_the_text_tower_loads_cleanly_and_grades_the_same(model_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors import safe_open
+
+    from retinascan_hf import RetinaScanModel
+
+    stage_release(model_dir, tmp_path / "lean", facts())
+    stage_release(model_dir, tmp_path / "full", facts(), keep_text_tower=True)
+    with safe_open(str(tmp_path / "lean" / "model.safetensors"), "pt") as handle:
+        lean_keys = list(handle.keys())
+    assert lean_keys and not any(key.startswith(("clip.text_model.", "clip.text_projection.")) for key in lean_keys)
+    assert (tmp_path / "lean" / "model.safetensors").stat().st_size < (
+        tmp_path / "full" / "model.safetensors"
+    ).stat().st_size
+    lean, info = RetinaScanModel.from_pretrained(tmp_path / "lean", output_loading_info=True)
+    assert lean.config.text_tower is False and not info["missing_keys"] and not info["unexpected_keys"]
+    full = RetinaScanModel.from_pretrained(model_dir).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(lean.eval()(pixel_values=pixels).probs, full(pixel_values=pixels).probs)
+    with pytest.raises(ValueError, match="no CLIP text tower"):
+        lean.compute_text_prototypes(tokenizer=None)
+
+
+def test_model_push_to_hub_warns_what_the_repo_will_lack(tiny_model_and_processor, monkeypatch) -> None:
+    from transformers import PreTrainedModel
+    from transformers.testing_utils import CaptureLogger
+
+    import retinascan_hf.modeling_retinascan as modeling
+
+    sent = []
+    monkeypatch.setattr(PreTrainedModel, "push_to_hub", lambda self, repo_id, **kwargs: sent.append(repo_id) or "url")
+    model, _ = tiny_model_and_processor
+    with CaptureLogger(modeling.logger) as captured:
+        assert model.push_to_hub("org/name") == "url"
+    assert sent == ["org/name"]
+    assert "feature_bank.safetensors" in captured.out and "retinascan release" in captured.out

@@ -26,6 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="float32",
         help="Storage dtype of the weights (float16 halves the download; loading still computes in float32).",
     )
+    parser.add_argument(
+        "--keep-text-tower",
+        action="store_true",
+        help="Keep CLIP's text tower (dropped by default: grading never runs it; keep it to recompute prototypes).",
+    )
     parser.add_argument("--staging-dir", help="Keep the staged release in this new or empty folder.")
     parser.add_argument("--evaluation-report", help="report.json of `retinascan evaluate`, for the card.")
     parser.add_argument("--build-report", help="Corpus build_report.json (default: the one training used).")
@@ -55,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         args.repo_id,
         dry_run=args.dry_run,
         storage_dtype=args.dtype,
+        keep_text_tower=args.keep_text_tower,
         revision=args.revision,
         tag=args.tag,
         private=args.private or None,

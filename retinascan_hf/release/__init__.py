@@ -94,6 +94,7 @@ def release_model(
     *,
     dry_run: bool = False,
     storage_dtype: str = "float32",
+    keep_text_tower: bool = False,
     revision: str | None = None,
     tag: str | None = None,
     private: bool | None = None,
@@ -112,7 +113,7 @@ def release_model(
         if staged.exists() and any(staged.iterdir()):
             raise FileExistsError(f"Staging folder {staged} is not empty; choose a new or empty folder.")
         staged.mkdir(parents=True, exist_ok=True)
-        files = stage_release(model_dir, staged, facts, storage_dtype=storage_dtype)
+        files = stage_release(model_dir, staged, facts, storage_dtype=storage_dtype, keep_text_tower=keep_text_tower)
         image = verification_image(model_dir, Path(scratch))
         verification = verify_release(
             staged,

@@ -82,12 +82,17 @@ def training_sources(build_report: Mapping[str, Any] | None) -> list[dict[str, A
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
 
 
-def _format_estimate(entry: Any) -> str:
-    """`0.812 [0.771, 0.850]` from `{"value", "ci"}`, `0.812` from a bare number, `-` when undefined."""
-    if isinstance(entry, Mapping):
-        value, interval = entry.get("value"), entry.get("ci")
-    else:
-        value, interval = entry, None
+def _lookup(tree: Mapping[str, Any], path: str) -> Any:
+    """`tree["a"]["b"]` for `path="a.b"`; None where any step is missing."""
+    for key in path.split("."):
+        if not isinstance(tree, Mapping) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def _format_estimate(value: float | None, interval: Sequence[float] | None) -> str:
+    """`0.812 [0.771, 0.850]`, `0.812` without an interval, `-` when undefined."""
     if value is None:
         return "-"
     text = f"{value:.3f}"
@@ -96,8 +101,18 @@ def _format_estimate(entry: Any) -> str:
     return text
 
 
+# The figures of the card's evaluation table and model-index: (column, path in a mode's metrics, model-index type).
+CARD_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("qwk", "qwk", "quadratic_weighted_kappa"),
+    ("accuracy", "accuracy", "accuracy"),
+    ("sensitivity", "referable.sensitivity", "sensitivity"),
+    ("specificity", "referable.specificity", "specificity"),
+)
+
+
 def evaluation_modes(facts: CardFacts) -> tuple[str | None, dict[str, dict[str, Any]]]:
-    """`(split name, {mode: metrics})` from the evaluation report, else from training's test evaluation."""
+    """`(split name, {mode: metrics})` from the evaluation report (`retinascan evaluate`), else from the test
+    evaluation of the training run; both hold `retinascan_hf.metrics` summaries per mode."""
     report = facts.evaluation_report
     if report and "modes" in report:
         return report.get("split"), report["modes"]
@@ -107,46 +122,33 @@ def evaluation_modes(facts: CardFacts) -> tuple[str | None, dict[str, dict[str, 
     return None, {}
 
 
-def _metric(metrics: Mapping[str, Any], *names: str) -> Any:
-    for name in names:
-        if name in metrics:
-            return metrics[name]
-    return None
-
-
 def evaluation_rows(modes: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
-    """One row per decision mode: QWK, accuracy, referable sensitivity and specificity, with CIs if present."""
-    return [
-        {
-            "mode": mode,
-            "qwk": _format_estimate(_metric(metrics, "qwk")),
-            "accuracy": _format_estimate(_metric(metrics, "accuracy")),
-            "sensitivity": _format_estimate(_metric(metrics, "referable_sensitivity")),
-            "specificity": _format_estimate(_metric(metrics, "referable_specificity")),
-        }
-        for mode, metrics in modes.items()
-    ]
+    """One row per decision mode: QWK, accuracy, referable sensitivity and specificity, with 95% intervals."""
+    rows = []
+    for mode, metrics in modes.items():
+        intervals = metrics.get("confidence_intervals") or {}
+        row = {"mode": mode}
+        for column, path, _ in CARD_METRICS:
+            row[column] = _format_estimate(_lookup(metrics, path), _lookup(intervals, path))
+        rows.append(row)
+    return rows
 
 
-def _value(entry: Any) -> float | None:
-    return entry.get("value") if isinstance(entry, Mapping) else entry
+def default_mode(modes: Mapping[str, Any]) -> str | None:
+    """The mode a user gets by default (kNN when evaluated), else the first evaluated one."""
+    return "knn" if "knn" in modes else next(iter(modes), None)
 
 
 def eval_results(facts: CardFacts, model_name: str) -> list[EvalResult]:
-    """`model-index` entries for the default decision mode (kNN if evaluated, else the first mode)."""
+    """`model-index` entries for the default decision mode."""
     split, modes = evaluation_modes(facts)
-    if not modes:
+    mode = default_mode(modes)
+    if mode is None:
         return []
-    mode = "knn" if "knn" in modes else next(iter(modes))
     dataset_name = ", ".join(row["source"] for row in training_sources(facts.build_report)) or "held-out test split"
     results = []
-    for metric_type, metric_name, key in (
-        ("quadratic_weighted_kappa", f"QWK ({mode})", "qwk"),
-        ("accuracy", f"Accuracy ({mode})", "accuracy"),
-        ("sensitivity", f"Referable-DR sensitivity ({mode})", "referable_sensitivity"),
-        ("specificity", f"Referable-DR specificity ({mode})", "referable_specificity"),
-    ):
-        value = _value(modes[mode].get(key))
+    for column, path, metric_type in CARD_METRICS:
+        value = _lookup(modes[mode], path)
         if value is None:
             continue
         results.append(
@@ -157,11 +159,25 @@ def eval_results(facts: CardFacts, model_name: str) -> list[EvalResult]:
                 dataset_name=dataset_name,
                 dataset_split=split,
                 metric_type=metric_type,
-                metric_name=metric_name,
+                metric_name=f"{column} ({mode})",
                 metric_value=round(float(value), 4),
             )
         )
     return results
+
+
+def conformal_summary(facts: CardFacts) -> dict[str, Any] | None:
+    """Target coverage (training's calibration) and, when evaluated, the default mode's empirical coverage."""
+    calibration = (facts.training_metrics or {}).get("conformal")
+    if not calibration:
+        return None
+    _, modes = evaluation_modes(facts)
+    mode = default_mode(modes)
+    sets = (modes.get(mode) or {}).get("grade_sets") if mode else None
+    summary = {"coverage": calibration["coverage"], "calibration_size": calibration.get("calibration_size")}
+    if sets:
+        summary.update(mode=mode, empirical_coverage=sets["coverage"], mean_set_size=sets["mean_size"])
+    return summary
 
 
 def card_data(config: RetinaScanConfig, facts: CardFacts, model_name: str) -> ModelCardData:
@@ -194,7 +210,7 @@ def render_model_card(config: RetinaScanConfig, facts: CardFacts, *, bank_size: 
     training = facts.training_metrics or {}
     split, modes = evaluation_modes(facts)
     calibration = training.get("calibration")
-    conformal = training.get("conformal")
+    conformal = conformal_summary(facts)
     card = ModelCard.from_template(
         card_data(config, facts, model_name),
         template_str=template_text(),
@@ -223,9 +239,7 @@ def render_model_card(config: RetinaScanConfig, facts: CardFacts, *, bank_size: 
         conformal=conformal,
         evaluation_split=split,
         evaluation_rows=evaluation_rows(modes),
-        evaluation_has_ci=any(
-            isinstance(value, Mapping) and value.get("ci") for metrics in modes.values() for value in metrics.values()
-        ),
+        evaluation_has_ci=any(metrics.get("confidence_intervals") for metrics in modes.values()),
         year=datetime.date.today().year,
     )
     validate_card(card)

@@ -39,18 +39,27 @@ def _required_code_files(config_path: Path) -> set[str]:
 
 
 def stage_release(
-    model_dir: Path, staging: Path, facts: CardFacts, *, storage_dtype: str = "float32"
+    model_dir: Path,
+    staging: Path,
+    facts: CardFacts,
+    *,
+    storage_dtype: str = "float32",
+    keep_text_tower: bool = False,
 ) -> list[StagedFile]:
     """Write the release of `model_dir` into the empty folder `staging`; return its files with sizes.
 
-    `storage_dtype="float16"` halves the weights on disk; `config.json` still says float32, so loaders compute
-    in float32 (fp16 arithmetic is slow and imprecise on CPUs) and only the storage is rounded.
+    The CLIP text tower is dropped unless `keep_text_tower` (grading never runs it; see
+    `RetinaScanModel.drop_text_tower`). `storage_dtype="float16"` halves the weights on disk; `config.json` still
+    says float32, so loaders compute in float32 (fp16 arithmetic is slow and imprecise on CPUs) and only the storage
+    is rounded.
     """
     if storage_dtype not in STORAGE_DTYPES:
         raise ValueError(f"storage_dtype must be one of {sorted(STORAGE_DTYPES)}, got {storage_dtype!r}.")
     model_dir, staging = Path(model_dir), Path(staging)
     model = RetinaScanModel.from_pretrained(model_dir, dtype=torch.float32)
     processor = RetinaScanImageProcessor.from_pretrained(model_dir)
+    if not keep_text_tower and model.config.text_tower:
+        model.drop_text_tower()
     model.to(STORAGE_DTYPES[storage_dtype]).save_pretrained(staging)
     if storage_dtype != "float32":
         config_path = staging / CONFIG_NAME
