@@ -293,3 +293,16 @@ def test_model_push_to_hub_warns_what_the_repo_will_lack(tiny_model_and_processo
         assert model.push_to_hub("org/name") == "url"
     assert sent == ["org/name"]
     assert "feature_bank.safetensors" in captured.out and "retinascan release" in captured.out
+
+
+@pytest.mark.real_data
+def test_float16_storage_grades_real_photos_like_float32(model_dir: Path, real_data_dir: Path, tmp_path: Path) -> None:
+    from retinascan_hf.loading import load_pipeline
+
+    stage_release(model_dir, tmp_path / "fp16", facts(), storage_dtype="float16")
+    photos = [str(path) for path in sorted((real_data_dir / "eyepacs-256" / "train").glob("*.jpeg"))[:60]]
+    for mode in ("knn", "ordinal", "prototype"):
+        expected = load_pipeline(model_dir)(photos, mode=mode, batch_size=16)
+        got = load_pipeline(tmp_path / "fp16")(photos, mode=mode, batch_size=16)
+        assert [a["grade"] for a in got] == [a["grade"] for a in expected]
+        assert [a["gradable"] for a in got] == [a["gradable"] for a in expected]
