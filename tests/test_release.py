@@ -304,5 +304,8 @@ def test_float16_storage_grades_real_photos_like_float32(model_dir: Path, real_d
     for mode in ("knn", "ordinal", "prototype"):
         expected = load_pipeline(model_dir)(photos, mode=mode, batch_size=16)
         got = load_pipeline(tmp_path / "fp16")(photos, mode=mode, batch_size=16)
-        assert [a["grade"] for a in got] == [a["grade"] for a in expected]
         assert [a["gradable"] for a in got] == [a["gradable"] for a in expected]
+        for new, old in zip(got, expected, strict=True):
+            if new["grade"] != old["grade"]:  # only where float32 itself was a tie, decided by rounding
+                assert abs(old["scores"][new["grade"]] - old["scores"][old["grade"]]) < 1e-3, (mode, new, old)
+            assert max(abs(a - b) for a, b in zip(new["scores"], old["scores"], strict=True)) < 1e-3
