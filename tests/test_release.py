@@ -301,9 +301,10 @@ def test_float16_storage_grades_real_photos_like_float32(model_dir: Path, real_d
 
     stage_release(model_dir, tmp_path / "fp16", facts(), storage_dtype="float16")
     photos = [str(path) for path in sorted((real_data_dir / "eyepacs-256" / "train").glob("*.jpeg"))[:60]]
+    source, release = load_pipeline(model_dir), load_pipeline(tmp_path / "fp16")
     for mode in ("knn", "ordinal", "prototype"):
-        expected = load_pipeline(model_dir)(photos, mode=mode, batch_size=16)
-        got = load_pipeline(tmp_path / "fp16")(photos, mode=mode, batch_size=16)
+        expected = source(photos, mode=mode, batch_size=16)
+        got = release(photos, mode=mode, batch_size=16)
         assert [a["gradable"] for a in got] == [a["gradable"] for a in expected]
         for new, old in zip(got, expected, strict=True):
             if new["grade"] != old["grade"]:  # only where float32 itself was a tie, decided by rounding
