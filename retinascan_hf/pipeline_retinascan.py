@@ -9,6 +9,8 @@ Decision modes:
     - `"ordinal"`: the CORAL head with the calibrated temperature and thresholds from the config.
     - `"prototype"`: nearest grade description (cosine to the text prototypes), calibrated softmax.
 
+`return_heatmap=True` explains each grade with Grad-CAM (`gradcam_retinascan.py`, imported only then).
+
 This file is copied verbatim into model repositories as remote code (relative imports only).
 """
 
@@ -23,7 +25,7 @@ from transformers import Pipeline
 
 from .feature_bank import FeatureBank
 from .image_processing_retinascan import describe_input
-from .modeling_retinascan import DECISION_MODES, decide
+from .modeling_retinascan import DECISION_MODES, GradeDecision, decide
 
 
 def _as_list(value: Any) -> list:
@@ -58,7 +60,7 @@ class RetinaScanPipeline(Pipeline):
         feature_bank (`FeatureBank`, `str` or `None`):
             The bank for `mode="knn"`. By default, the model folder's (or Hub repo's) `feature_bank.safetensors`
             is used if present; pass `False` to use none.
-        mode, k, return_neighbors, timeout: call-time options (see `__call__`).
+        mode, k, return_neighbors, return_heatmap, heatmap_grade, timeout: call-time options (see `__call__`).
     """
 
     _load_processor = False
@@ -87,7 +89,9 @@ class RetinaScanPipeline(Pipeline):
             )
         return bank
 
-    def _sanitize_parameters(self, mode=None, k=None, return_neighbors=None, timeout=None, **kwargs):
+    def _sanitize_parameters(
+        self, mode=None, k=None, return_neighbors=None, timeout=None, return_heatmap=None, heatmap_grade=None, **kwargs
+    ):
         if kwargs:
             raise TypeError(f"Unexpected arguments for the retinascan pipeline: {sorted(kwargs)}.")
         preprocess_params, forward_params, postprocess_params = {}, {}, {}
@@ -103,10 +107,31 @@ class RetinaScanPipeline(Pipeline):
             forward_params["k"] = int(k)
         if return_neighbors is not None:
             postprocess_params["return_neighbors"] = bool(return_neighbors)
+        if return_heatmap is not None or heatmap_grade is not None:
+            forward_params.update(self._heatmap_options(return_heatmap, heatmap_grade))
+            postprocess_params["return_heatmap"] = forward_params["return_heatmap"]
         return preprocess_params, forward_params, postprocess_params
 
+    def _heatmap_options(self, return_heatmap: bool | None, heatmap_grade: int | None) -> dict[str, Any]:
+        if heatmap_grade is None:
+            return {"return_heatmap": bool(return_heatmap), "heatmap_grade": None}
+        if not return_heatmap:
+            raise ValueError("heatmap_grade needs return_heatmap=True.")
+        from .gradcam_retinascan import check_target_grade
+
+        return {
+            "return_heatmap": True,
+            "heatmap_grade": check_target_grade(heatmap_grade, self.model.config.num_labels),
+        }
+
     def __call__(self, inputs, **kwargs):
-        """Grade one input or a list of inputs; options: `mode`, `k`, `return_neighbors`, `timeout`, `batch_size`."""
+        """Grade one input or a list of inputs.
+
+        Options: `mode`, `k`, `return_neighbors`, `timeout`, `batch_size`, and `return_heatmap=True`, which adds
+        to each gradable result `heatmap` (float32 array `[S, S]` in [0, 1], Grad-CAM of the decided grade, or
+        of `heatmap_grade` when given, aligned with `image_processor.to_model_image(input)`) and `overlay`
+        (that cropped fundus as a PIL image with the heat map blended in).
+        """
         return super().__call__(inputs, **kwargs)
 
     def preprocess(self, image, timeout: float | None = None) -> dict[str, Any]:
@@ -139,7 +164,14 @@ class RetinaScanPipeline(Pipeline):
             return "ordinal"
         return mode
 
-    def _forward(self, model_inputs: dict[str, Any], mode: str | None = None, k: int | None = None) -> dict[str, Any]:
+    def _forward(
+        self,
+        model_inputs: dict[str, Any],
+        mode: str | None = None,
+        k: int | None = None,
+        return_heatmap: bool = False,
+        heatmap_grade: int | None = None,
+    ) -> dict[str, Any]:
         mode = self._resolve_mode(mode)
         valid = model_inputs["valid"].bool().cpu()
         pixel_values = model_inputs["pixel_values"]
@@ -150,9 +182,13 @@ class RetinaScanPipeline(Pipeline):
         k = k or self.model.config.knn_k
         neighbor_idx = torch.full((batch, k), -1, dtype=torch.long)
         neighbor_sim = torch.zeros(batch, k)
+        extra = {}
         if valid.any():
-            outputs = self.model(pixel_values=pixel_values[valid.to(pixel_values.device)].to(self.model.dtype))
-            decision = decide(outputs, mode, self.model.config, self.feature_bank, k)
+            inputs = pixel_values[valid.to(pixel_values.device)].to(self.model.dtype)
+            if return_heatmap:
+                decision, extra = self._explain(inputs, valid, mode, k, heatmap_grade)
+            else:
+                decision = decide(self.model(pixel_values=inputs), mode, self.model.config, self.feature_bank, k)
             scores[valid], grades[valid] = decision.scores.float().cpu(), decision.grades.cpu()
             neighbors = decision.neighbors
             if neighbors is not None:
@@ -168,9 +204,26 @@ class RetinaScanPipeline(Pipeline):
             "mode": [mode] * batch,
             "error": _as_list(model_inputs["error"]),
             "error_type": _as_list(model_inputs["error_type"]),
+            **extra,
         }
 
-    def postprocess(self, model_outputs: dict[str, Any], return_neighbors: bool = False) -> dict[str, Any]:
+    def _explain(
+        self, inputs: torch.Tensor, valid: torch.Tensor, mode: str, k: int, heatmap_grade: int | None
+    ) -> tuple[GradeDecision, dict[str, torch.Tensor]]:
+        """Decision and Grad-CAM maps from one forward pass; maps (and the pixels they overlay) for every row."""
+        from .gradcam_retinascan import grad_cam
+
+        explanation = grad_cam(self.model, inputs, mode, self.feature_bank, k, target_grade=heatmap_grade)
+        size = inputs.shape[-1]
+        heatmaps = torch.zeros(valid.shape[0], size, size)
+        heatmaps[valid] = explanation.heatmaps.float().cpu()
+        pixels = torch.zeros(valid.shape[0], 3, size, size)
+        pixels[valid] = inputs.float().cpu()
+        return explanation.decision, {"heatmap": heatmaps, "heatmap_pixels": pixels}
+
+    def postprocess(
+        self, model_outputs: dict[str, Any], return_neighbors: bool = False, return_heatmap: bool = False
+    ) -> dict[str, Any]:
         if not bool(model_outputs["valid"].reshape(-1)[0]):
             return {
                 "grade": None,
@@ -195,7 +248,19 @@ class RetinaScanPipeline(Pipeline):
                 model_outputs["neighbor_indices"].reshape(-1),
                 model_outputs["neighbor_similarities"].reshape(-1),
             )
+        if return_heatmap:
+            result.update(self._heatmap_fields(model_outputs))
         return result
+
+    def _heatmap_fields(self, model_outputs: dict[str, Any]) -> dict[str, Any]:
+        from .gradcam_retinascan import overlay_heatmap, pixels_to_image
+
+        processor = self.image_processor
+        heatmap = model_outputs["heatmap"][0].numpy().copy()  # a copy: not a view into the batch's tensor
+        picture = pixels_to_image(
+            model_outputs["heatmap_pixels"][0], processor.image_mean, processor.image_std, processor.do_normalize
+        )
+        return {"heatmap": heatmap, "overlay": overlay_heatmap(picture, heatmap)}
 
     def _describe_neighbors(self, indices: torch.Tensor, similarities: torch.Tensor) -> list[dict[str, Any]]:
         bank = self.feature_bank
