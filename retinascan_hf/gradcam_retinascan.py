@@ -22,8 +22,8 @@ The score differentiated per decision mode (`target grade` = the decided grade u
   its L2 normalisation) with the sum of the target grade's voters' bank embeddings, each weighted by its vote
   weight (as in [`FeatureBank.knn`]; neighbours and weights as found by the forward pass). Differentiating
   the cosine itself would explain little: its gradient is orthogonal to the embedding, so for the near-
-  duplicates that decide a kNN vote it is a small residual pointing at where the neighbours *differ* (in a
-  test with blobs at random places: 11 of 20 maps on the blob, against 20 of 20 for the linearised vote).
+  duplicates that decide a kNN vote it is a small residual pointing at where the neighbours *differ* (with
+  the blob model of `synthetic_lesion`, whose neighbours carry blobs elsewhere, such maps often left the blob).
   The raw vote, not the vote share: when all k neighbours agree the share is constant.
 
 A map is all zeros when nothing in the image raises the target score (e.g. a requested kNN grade that no
@@ -52,6 +52,8 @@ from .configuration_retinascan import RetinaScanConfig
 from .feature_bank import FeatureBank
 from .modeling_retinascan import GradeDecision, RetinaScanModel, RetinaScanOutput, decide
 
+# Smallest and largest side of one explanation panel: readable, and never a memory bomb.
+PANEL_SIZE_RANGE = (16, 4096)
 # Inverse-cosine-distance weights as in FeatureBank.knn, so the explained vote is the vote that was cast.
 _DISTANCE_EPS = 1e-6
 
@@ -222,6 +224,8 @@ def overlay_heatmap(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.6)
 
 def explanation_panels(image: Image.Image, heatmap: np.ndarray, title: str = "", panel_size: int = 256) -> Image.Image:
     """Three panels side by side, `original | heat map | overlay`, each `panel_size` px, under a title line."""
+    if not PANEL_SIZE_RANGE[0] <= panel_size <= PANEL_SIZE_RANGE[1]:
+        raise ValueError(f"panel_size must lie in {list(PANEL_SIZE_RANGE)}, got {panel_size}.")
     panels = [image.convert("RGB"), colorize(heatmap), overlay_heatmap(image, heatmap)]
     title_height = 20 if title else 0
     sheet = Image.new("RGB", (3 * panel_size, panel_size + title_height), (255, 255, 255))
@@ -235,6 +239,7 @@ def explanation_panels(image: Image.Image, heatmap: np.ndarray, title: str = "",
 
 
 __all__ = [
+    "PANEL_SIZE_RANGE",
     "GradCamResult",
     "check_target_grade",
     "colorize",

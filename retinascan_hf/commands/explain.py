@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+from ..gradcam_retinascan import PANEL_SIZE_RANGE, check_target_grade
+
+
+def _int_between(low: int, high: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must lie in [{low}, {high}], got {value}")
+        return value
+
+    return parse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,8 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-dir", required=True, help="Folder for the PNG panels and explanations.jsonl.")
     parser.add_argument("--mode", choices=("knn", "ordinal", "prototype"), default=None)
     parser.add_argument("--grade", type=int, default=None, help="Explain this grade instead of the decided one.")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--panel-size", type=int, default=256, help="Side of each panel in pixels (default: 256).")
+    parser.add_argument("--batch-size", type=_int_between(1, 4096), default=8)
+    parser.add_argument(
+        "--panel-size", type=_int_between(*PANEL_SIZE_RANGE), default=256, help="Side of each panel in px (256)."
+    )
     parser.add_argument("--revision", default=None)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     parser.set_defaults(func=run)
@@ -30,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
     from ..loading import load_pipeline
 
     grader = load_pipeline(args.model, revision=args.revision)
+    if args.grade is not None:
+        try:
+            check_target_grade(args.grade, grader.model.config.num_labels)
+        except ValueError as error:
+            print(f"retinascan explain: --grade: {error}", file=sys.stderr)
+            return 2
     records = explain_images(
         grader,
         args.images,
