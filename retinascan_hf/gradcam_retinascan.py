@@ -13,10 +13,11 @@ last attention is where patch tokens feed the CLS token.
 
 The score differentiated per decision mode (`target grade` = the decided grade unless one is requested):
 
-- `"ordinal"`: the calibrated CORAL log-probability that the grade is *at least* the target grade,
-  `log sigmoid(logit_{g-1} / T - threshold_{g-1})`; for grade 0, the log-probability that it is *at most*
-  grade 0. CORAL's tasks share one weight vector, so every target grade >= 1 gives the same map (the
-  evidence for a more severe grade) and grade 0 gives the evidence against it.
+- `"ordinal"`: the calibrated CORAL log-odds that the grade is *at least* the target grade g,
+  `logit_{g-1} / T - threshold_{g-1}`; for grade 0, the log-odds that it is *at most* grade 0 (the negative
+  of task 0's). Log-odds rather than log-probabilities: same direction, but no vanishing gradient for a
+  confident image. CORAL's tasks share one weight vector, so every target grade >= 1 gives the same map
+  (the evidence for a more severe grade) and grade 0 gives the evidence against it.
 - `"prototype"`: the prototype logit of the target grade (cosine to its text prototype / temperature).
 - `"knn"`: the vote for the target grade, linearised: the alignment of the projection head's output (before
   its L2 normalisation) with the sum of the target grade's voters' bank embeddings, each weighted by its vote
@@ -95,8 +96,9 @@ def _knn_vote_direction(
         weights = torch.ones_like(neighbors.similarities)
     else:
         weights = 1.0 / ((1.0 - neighbors.similarities.float()).clamp_min(0.0) + _DISTANCE_EPS)
-    voters = bank.grades.to(device)[neighbors.indices] == grades.to(device).unsqueeze(-1)
-    rows = bank.embeddings.to(device=device, dtype=torch.float32)[neighbors.indices]
+    # Gather the k rows where the bank lives and move only them (never the whole bank to the model's device).
+    voters = bank.grades[neighbors.indices.to(bank.grades.device)].to(device) == grades.to(device).unsqueeze(-1)
+    rows = bank.embeddings[neighbors.indices.to(bank.embeddings.device)].to(device=device, dtype=torch.float32)
     return ((weights * voters).unsqueeze(-1) * rows).sum(1)
 
 
@@ -121,7 +123,7 @@ def target_scores(
         thresholds = torch.tensor(config.coral_thresholds, device=outputs.ordinal_logits.device)
         shifted = outputs.ordinal_logits.float() / config.ordinal_temperature - thresholds
         task = shifted.gather(-1, (index - 1).clamp_min(0)).squeeze(-1)
-        return F.logsigmoid(torch.where(grades > 0, task, -task))
+        return torch.where(grades > 0, task, -task)
     if mode == "knn":
         direction = _knn_vote_direction(decision, grades, bank, config.knn_weighting).to(projected.device)
         return (projected.float() * direction).sum(-1)

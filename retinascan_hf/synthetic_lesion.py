@@ -59,7 +59,7 @@ def train_blob_detector(
     image_size: int = 64,
     patch_size: int = 8,
     num_layers: int = 1,
-    steps: int = 200,
+    steps: int = 250,
     batch_size: int = 16,
     learning_rate: float = 1e-3,
     num_backgrounds: int = 32,
