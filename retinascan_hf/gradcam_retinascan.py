@@ -166,7 +166,8 @@ def grad_cam(
     def capture_projection(_module, _inputs, output):
         captured["projected"] = output
 
-    was_training = model.training
+    # Each module's own flag, not just the model's: a training loop may keep a frozen backbone in eval mode.
+    training_flags = {module: module.training for module in model.modules()}
     handles = [
         _last_block_norm(model).register_forward_hook(capture_tokens),
         model.projection.register_forward_hook(capture_projection),
@@ -184,7 +185,8 @@ def grad_cam(
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
+        for module, flag in training_flags.items():
+            module.training = flag
     patch_activations, patch_gradients = activations.detach()[:, 1:].float(), gradients[:, 1:].float()
     channel_weights = patch_gradients.mean(dim=1, keepdim=True)
     cam = F.relu((channel_weights * patch_activations).sum(-1)).reshape(-1, 1, side, side)

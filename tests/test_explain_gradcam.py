@@ -90,7 +90,8 @@ def hook_count(model) -> int:
 def test_frozen_backbone_is_explained_and_left_unchanged(context, fundus_images):
     model, processor = random_retinascan(seed=3)
     assert not any(p.requires_grad for p in model.clip.parameters())  # the shipped default: frozen
-    model.train()  # explaining must use eval mode (no dropout), then hand the model back as it was
+    model.train()  # explaining must use eval mode (no dropout), then hand the model back as it was ...
+    model.clip.eval()  # ... including a backbone that a training loop keeps in eval mode
     before, hooks = parameter_state(model), hook_count(model)
     pixel_values = processor(fundus_images[:4])["pixel_values"]
     with context():
@@ -98,7 +99,8 @@ def test_frozen_backbone_is_explained_and_left_unchanged(context, fundus_images)
     assert result.heatmaps.shape == (4, 32, 32) and result.heatmaps.dtype == torch.float32
     assert result.heatmaps.amax(dim=(1, 2)).tolist() == [1.0] * 4 and result.heatmaps.min() >= 0
     assert parameter_state(model) == before  # no requires_grad flipped, no .grad left behind
-    assert hook_count(model) == hooks and model.training
+    assert hook_count(model) == hooks and model.training and model.projection.training
+    assert not any(module.training for module in model.clip.modules())
 
 
 def test_trainable_weights_get_no_gradients(detector, fundus_images):
