@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
 
-from .gradcam_retinascan import explanation_panels
+from .gradcam_retinascan import check_panel_size, check_target_grade, explanation_panels
 from .pipeline_retinascan import RetinaScanPipeline
 
 RECORDS_NAME = "explanations.jsonl"
@@ -59,6 +59,11 @@ def explain_images(
     A record is the pipeline's result without the arrays, plus `image` and, for a gradable image, `panel`
     (the PNG's path) and `heatmap_grade` (the grade the map explains).
     """
+    check_panel_size(panel_size)  # every setting is checked before any image is graded
+    if heatmap_grade is not None:
+        check_target_grade(heatmap_grade, grader.model.config.num_labels)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"The batch size must be a positive integer, got {batch_size!r}.")
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     options = {"return_heatmap": True, "heatmap_grade": heatmap_grade}

@@ -83,7 +83,9 @@ def _last_block_norm(model: RetinaScanModel) -> torch.nn.Module:
 
 
 def _detached(outputs: RetinaScanOutput) -> RetinaScanOutput:
-    return RetinaScanOutput(**{key: value.detach() for key, value in outputs.items()})
+    return RetinaScanOutput(
+        **{key: value.detach() for key, value in outputs.items() if isinstance(value, torch.Tensor)}
+    )
 
 
 def _knn_vote_direction(
@@ -144,11 +146,12 @@ def grad_cam(
     bank: FeatureBank | None = None,
     k: int | None = None,
     target_grade: int | None = None,
+    coverage: float | None = None,
 ) -> GradCamResult:
     """Grad-CAM maps of `pixel_values` `[B, 3, S, S]` for the grade `mode` decides (or `target_grade`).
 
-    One forward pass gives both the decision and the maps. Works under `torch.no_grad()` / inference
-    pipelines (gradients are enabled locally) and with a frozen backbone.
+    One forward pass gives both the decision (with grade sets at `coverage`, as [`decide`]) and the maps. Works
+    under `torch.no_grad()` / inference pipelines (gradients are enabled locally) and with a frozen backbone.
     """
     if target_grade is not None:
         target_grade = check_target_grade(target_grade, model.config.num_labels)
@@ -176,7 +179,7 @@ def grad_cam(
         model.eval()
         with torch.inference_mode(False), torch.enable_grad():
             outputs = model(pixel_values=pixel_values.clone().to(model.dtype))
-            decision = decide(_detached(outputs), mode, model.config, bank, k)
+            decision = decide(_detached(outputs), mode, model.config, bank, k, coverage=coverage)
             grades = decision.grades if target_grade is None else torch.full_like(decision.grades, target_grade)
             grades = grades.to(outputs.embeddings.device)
             scores = target_scores(outputs, captured["projected"], mode, model.config, grades, decision, bank)
@@ -226,10 +229,17 @@ def overlay_heatmap(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.6)
     return Image.fromarray(np.round(blended).astype(np.uint8), "RGB")
 
 
+def check_panel_size(panel_size: int) -> int:
+    """`panel_size` if it is an integer in `PANEL_SIZE_RANGE`, else a `ValueError`."""
+    low, high = PANEL_SIZE_RANGE
+    if isinstance(panel_size, bool) or not isinstance(panel_size, numbers.Integral) or not low <= panel_size <= high:
+        raise ValueError(f"The panel size must be an integer in [{low}, {high}] pixels, got {panel_size!r}.")
+    return int(panel_size)
+
+
 def explanation_panels(image: Image.Image, heatmap: np.ndarray, title: str = "", panel_size: int = 256) -> Image.Image:
     """Three panels side by side, `original | heat map | overlay`, each `panel_size` px, under a title line."""
-    if not PANEL_SIZE_RANGE[0] <= panel_size <= PANEL_SIZE_RANGE[1]:
-        raise ValueError(f"panel_size must lie in {list(PANEL_SIZE_RANGE)}, got {panel_size}.")
+    check_panel_size(panel_size)
     panels = [image.convert("RGB"), colorize(heatmap), overlay_heatmap(image, heatmap)]
     title_height = 20 if title else 0
     sheet = Image.new("RGB", (3 * panel_size, panel_size + title_height), (255, 255, 255))
@@ -245,6 +255,7 @@ def explanation_panels(image: Image.Image, heatmap: np.ndarray, title: str = "",
 __all__ = [
     "PANEL_SIZE_RANGE",
     "GradCamResult",
+    "check_panel_size",
     "check_target_grade",
     "colorize",
     "explanation_panels",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from retinascan_hf.cli import main
@@ -41,10 +42,23 @@ def test_explain_requested_grade_and_mode(model_dir, fundus_images, tmp_path, ca
     assert main([*argv, "--mode", "prototype", "--grade", "0"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["mode"] == "prototype" and record["heatmap_grade"] == 0
-    assert main([*argv, "--grade", "9"]) == 2
-    assert "--grade" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([*argv, "--panel-size", "100000"])
+    # bad settings: one line on stderr, exit status 2, nothing graded or written
+    for option, message in ((["--grade", "9"], "grade to explain"), (["--panel-size", "100000"], "panel size")):
+        assert main([*argv, "--output-dir", str(tmp_path / "bad"), *option]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_explain_help_imports_neither_torch_nor_transformers():
+    code = (
+        "import sys\n"
+        "from retinascan_hf.cli import main\n"
+        "try:\n    main(['explain', '--help'])\nexcept SystemExit as exit:\n    assert exit.code == 0\n"
+        "assert not {'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "--output-dir" in completed.stdout
 
 
 def test_unique_panel_names():
