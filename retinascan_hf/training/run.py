@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from ..atomic_io import write_json_atomically
+from ..atomic_io import recover_directory, write_json_atomically
 from ..corpus import SPLITS
 from ..image_processing_retinascan import RetinaScanImageProcessor
 from ..modeling_retinascan import RetinaScanModel
@@ -57,6 +57,7 @@ def load_corpus(path: str | None) -> datasets.DatasetDict:
     """The corpus `DatasetDict`, checked for the splits and columns training reads."""
     if not path:
         raise ValueError("No corpus given: pass --data DIR (a DatasetDict saved by `retinascan data build`).")
+    recover_directory(path)  # a build killed while replacing this folder left it aside
     corpus = datasets.load_from_disk(str(path))
     if not isinstance(corpus, datasets.DatasetDict):
         raise ValueError(f"{path} holds a single Dataset; training needs a DatasetDict with splits {SPLITS}.")
