@@ -199,6 +199,19 @@ def _remove_staging(folder: Path) -> None:
     folder.rmdir()
 
 
+def discard_staging(folder: Path) -> None:
+    """Delete a staging folder that one of our writers left (it holds our manifest, finished or not).
+
+    Raises:
+        NotOwnedError: when `folder` is not empty and holds no manifest of ours.
+    """
+    if not folder.exists():
+        return
+    if read_manifest(folder) is None and any(folder.iterdir()):
+        raise NotOwnedError(f"Refusing to delete {folder}: it holds no {MANIFEST_NAME} of {TOOL}.")
+    _remove_staging(folder)
+
+
 def remove_written(folder: Path) -> bool:
     """Delete what `folder`'s manifest lists, then the manifest and the folder if nothing else is left.
 
@@ -352,6 +365,7 @@ __all__ = [
     "NotOwnedError",
     "atomic_directory",
     "check_replaceable",
+    "discard_staging",
     "ownership_problem",
     "read_manifest",
     "recover_directory",

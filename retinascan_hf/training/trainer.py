@@ -22,7 +22,7 @@ from ..modeling_retinascan import RetinaScanModel
 from .checkpointing import (
     TrainingProgress,
     list_checkpoints,
-    register_trainable_checkpointing,
+    load_checkpoint,
     save_best_weights,
     save_checkpoint,
 )
@@ -121,7 +121,6 @@ class RetinaScanTrainer:
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
         self.progress = TrainingProgress()
         accelerator.register_for_checkpointing(self.sampler, self.progress)
-        register_trainable_checkpointing(accelerator)
         self.history: list[dict[str, float]] = []
         accelerator.init_trackers(RUN_NAME, config=_loggable(config.to_dict()))
 
@@ -135,7 +134,7 @@ class RetinaScanTrainer:
         if not checkpoints:
             self.accelerator.print(f"No checkpoint under {self.checkpoint_dir}: starting from scratch.")
             return None
-        self.accelerator.load_state(str(checkpoints[-1]))
+        load_checkpoint(self.accelerator, checkpoints[-1])
         self.accelerator.print(
             f"Resumed from {checkpoints[-1]}: epoch {self.progress.epoch}, batch {self.progress.batch_in_epoch}, "
             f"step {self.progress.global_step}."
