@@ -1,7 +1,7 @@
 """The merged DR corpus: published data sets -> screened, patient-grouped ``DatasetDict``."""
 
 from .adapters import ADAPTERS
-from .build import build_corpus, read_sources
+from .build import EmptySourceError, build_corpus, read_sources
 from .dataset import corpus_features
 from .hub import corpus_card, push_corpus
 from .report import REPORT_FILE, BuildReport
@@ -14,6 +14,7 @@ __all__ = [
     "REPORT_FILE",
     "SPLITS",
     "BuildReport",
+    "EmptySourceError",
     "Exclusion",
     "Protocol",
     "Record",
