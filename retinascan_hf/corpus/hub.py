@@ -41,8 +41,9 @@ Columns: `image`, `grade` (ICDR: {grades}), `source`, `image_id` (unique), `pati
 ## Data quality
 
 Rows each source listed, rows kept, and rows excluded per reason (ungradable or out-of-range
-labels, missing, unreadable or truncated files, repeated ids, byte-identical duplicates of an image
-kept from another row). Every exclusion is itemised in `{REPORT_FILE}`.
+labels, malformed rows, missing, unreadable, oversized or truncated files, repeated ids, byte-identical
+duplicates of an image kept from another row). Every exclusion is itemised in `{REPORT_FILE}`, malformed
+rows with their line number.
 
 {markdown_table(report.source_table())}
 {_warnings_section(report)}
