@@ -9,6 +9,8 @@ fails with an error naming the file and that the marker never appears.
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 import pickle
 import shutil
@@ -19,6 +21,8 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from training_support import grade_structured_split, small_config
 
 from retinascan_hf import FeatureBank, RetinaScanModel
@@ -29,6 +33,7 @@ from retinascan_hf.training.augment import FundusAugmentation
 from retinascan_hf.training.checkpointing import CHECKPOINT_KIND, CheckpointError, list_checkpoints, load_best_weights
 from retinascan_hf.training.data import FundusViews
 from retinascan_hf.training.feature_cache import FeatureCache, augmentation_key, backbone_fingerprint, cached_features
+from retinascan_hf.training.state_files import StateFileError, load_state, save_state
 
 
 class Payload:
@@ -213,3 +218,59 @@ def test_a_feature_bank_replaced_by_a_pickle_fails_without_running_it(model_dir,
     with pytest.raises(Exception, match=r"(?i)header|deserializ|safetensor"):
         FeatureBank.from_pretrained(folder)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- the pickle-free state format itself
+
+scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+tensors = st.builds(
+    lambda shape, seed: torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed)),
+    st.lists(st.integers(0, 3), max_size=2),
+    st.integers(0, 100),
+)
+states = st.recursive(
+    scalars | tensors,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(st.text(max_size=5) | st.integers(), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+def same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return type(b) is dict and list(a) == list(b) and all(same(a[key], b[key]) for key in a)
+    return type(a) is type(b) and a == b
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(state=states)
+def test_any_state_dict_round_trips_through_json_and_safetensors(tmp_path_factory, state) -> None:
+    folder = tmp_path_factory.mktemp("state")
+    written = save_state(state, folder, "piece")
+    assert sorted(path.name for path in folder.iterdir()) == sorted(written)
+    assert same(state, load_state(folder, "piece"))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.binary(max_size=200) | st.recursive(scalars, lambda c: st.lists(c) | st.dictionaries(st.text(), c)))
+def test_garbage_state_files_fail_with_the_file_named(tmp_path_factory, garbage) -> None:
+    folder = tmp_path_factory.mktemp("state")
+    save_state({"weights": torch.ones(2)}, folder, "piece")
+    if isinstance(garbage, bytes):
+        (folder / "piece.json").write_bytes(garbage or b"[" * 100_000)  # empty: nesting too deep to parse
+    else:
+        payload = {"format": "retinascan-state", "version": 1, "tensors": True, "state": garbage}
+        (folder / "piece.json").write_text(json.dumps(payload))
+    try:
+        load_state(folder, "piece")
+    except StateFileError as error:
+        assert "piece" in str(error)

@@ -13,10 +13,9 @@ import datasets
 import pytest
 import torch
 from accelerate import Accelerator
-from training_support import small_config
+from training_support import save_small_corpus, small_config
 
 from retinascan_hf import RetinaScanImageProcessor, RetinaScanModel
-from retinascan_hf.synthetic import save_synthetic_corpus
 from retinascan_hf.tiny_clip import random_retinascan, trainable_tiny_clip_config
 from retinascan_hf.training import RetinaScanTrainer, backbone_fingerprint, run_training
 from retinascan_hf.training import run as run_module
@@ -24,15 +23,12 @@ from retinascan_hf.training.augment import FundusAugmentation
 from retinascan_hf.training.data import FundusViews, compute_features
 from retinascan_hf.training.feature_cache import FeatureCache, augmentation_key, cached_features
 
-COUNTS = {"train": (6,) * 5, "validation": (3,) * 5, "test": (2,) * 5}
 BATCH = 16  # small_config's feature_batch_size
 
 
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("corpus") / "corpus"
-    save_synthetic_corpus(directory, COUNTS, size=48, seed=0)
-    return directory
+    return save_small_corpus(tmp_path_factory.mktemp("corpus") / "corpus")
 
 
 def train(output_dir, corpus_dir, cache_dir, **overrides):

@@ -107,7 +107,7 @@ def load_state(directory: Path, name: str) -> Any:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise StateFileError(f"{path} is larger than {MAX_JSON_BYTES} bytes; not a state file of ours.")
         payload = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise StateFileError(f"{path} is not a readable JSON state file ({error}).") from error
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT or payload.get("version") != _VERSION:
         raise StateFileError(f"{path} is not a {_FORMAT} file of version {_VERSION}.")
@@ -122,7 +122,7 @@ def load_state(directory: Path, name: str) -> Any:
         return _decode(payload.get("state"), tensors, str(path))
     except StateFileError:
         raise
-    except (TypeError, ValueError, KeyError) as error:
+    except (TypeError, ValueError, KeyError, RecursionError) as error:
         raise StateFileError(f"{path}: malformed state ({error}).") from error
 
 
