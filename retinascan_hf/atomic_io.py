@@ -105,7 +105,7 @@ def read_manifest(folder: Path) -> Manifest | None:
         if files is not None:
             files = {str(name): int(size) for name, size in dict(files).items()}
         return Manifest(payload["kind"], files, tuple(str(name) for name in payload.get("directories") or ()))
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError):
         return None
 
 

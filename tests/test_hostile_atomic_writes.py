@@ -78,20 +78,21 @@ MODIFICATIONS = {
     "edited file": lambda folder: (folder / MARKER).write_text("edited by hand, longer"),
     "manifest deleted": lambda folder: (folder / MANIFEST_NAME).unlink(),
     "manifest garbage": lambda folder: (folder / MANIFEST_NAME).write_bytes(b"\x80\x00not json"),
+    "manifest nested too deep": lambda folder: (folder / MANIFEST_NAME).write_text("[" * 100_000),
     "manifest of another tool": lambda folder: (folder / MANIFEST_NAME).write_text('{"tool": "other", "kind": "x"}'),
     "manifest of another kind": lambda folder: atomic_io.write_manifest(folder, "config.json"),
     "manifest unfinished": lambda folder: atomic_io.write_manifest(folder, MARKER, complete=False),
 }
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.parametrize("modification", sorted(MODIFICATIONS))
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     written=st.dictionaries(
         st.lists(st.sampled_from(["a", "b", "sub", "x.bin"]), min_size=1, max_size=3).map("/".join),
         st.text(max_size=20),
         max_size=4,
     ),
-    modification=st.sampled_from(sorted(MODIFICATIONS)),
 )
 def test_any_change_to_a_folder_we_wrote_makes_us_refuse_to_replace_it(
     tmp_path_factory: pytest.TempPathFactory, written: dict[str, str], modification: str
