@@ -57,7 +57,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class TrainingProgress:
-    """Where the loop stands; registered with Accelerate so `save_state`/`load_state` carry it.
+    """Where the loop stands; registered with `accelerator.register_for_checkpointing`, so checkpoints carry it.
 
     Attributes:
         epoch: the epoch being trained (the number of completed epochs, when `batch_in_epoch` is 0).
@@ -81,20 +81,19 @@ class TrainingProgress:
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable parameters and persistent buffers of `model`: what training can change.
-
-    A DDP-wrapped model is unwrapped first, so tensor names do not depend on the number of processes that
-    wrote a checkpoint and a run can resume on a different device count.
-    """
-    model = getattr(model, "module", model)
+    """The trainable parameters and persistent buffers of `model`: what training can change."""
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     buffers = {name for name, _ in model.named_buffers()}
     return {name: tensor for name, tensor in model.state_dict().items() if name in trainable | buffers}
 
 
+def _saveable(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`trainable_state` as contiguous CPU tensors, what `save_file` writes."""
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in trainable_state(model).items()}
+
+
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
     """Load a `trainable_state` into `model`, refusing one that lacks a trainable tensor or has extra ones."""
-    model = getattr(model, "module", model)
     expected = set(trainable_state(model))
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
@@ -165,10 +164,15 @@ def _restore_rng_state(accelerator: Accelerator, directory: Path) -> None:
 
 
 def _write_main_state(accelerator: Accelerator, directory: Path) -> None:
-    """Everything but the RNG states, which every process writes for itself."""
+    """Everything but the RNG states, which every process writes for itself.
+
+    The prepared objects are the ones `accelerator.save_state` itself saves (`_models`, `_optimizers`,
+    `_schedulers`, `_custom_objects`). Models are unwrapped, so tensor names do not depend on the number of
+    processes that wrote a checkpoint and a run can resume on a different device count.
+    """
     for index, model in enumerate(accelerator._models):
-        state = {name: tensor.detach().cpu().contiguous() for name, tensor in trainable_state(model).items()}
-        save_file(state, str(directory / f"{_indexed('model', index)}.safetensors"))
+        path = directory / f"{_indexed('model', index)}.safetensors"
+        save_file(_saveable(accelerator.unwrap_model(model)), str(path))
     for index, optimizer in enumerate(accelerator._optimizers):
         save_state(optimizer.state_dict(), directory, _indexed("optimizer", index))
     for index, scheduler in enumerate(accelerator._schedulers):
@@ -230,7 +234,7 @@ def load_checkpoint(accelerator: Accelerator, directory: Path) -> None:
     try:
         for index, model in enumerate(accelerator._models):
             path = directory / f"{_indexed('model', index)}.safetensors"
-            load_trainable_state(model, _read_tensors(path, accelerator.device), str(path))
+            load_trainable_state(accelerator.unwrap_model(model), _read_tensors(path, accelerator.device), str(path))
         for index, optimizer in enumerate(accelerator._optimizers):
             optimizer.load_state_dict(load_state(directory, _indexed("optimizer", index)))
         for index, scheduler in enumerate(accelerator._schedulers):
@@ -249,8 +253,7 @@ def load_checkpoint(accelerator: Accelerator, directory: Path) -> None:
 def save_best_weights(model: nn.Module, directory: Path, metadata: dict[str, str]) -> None:
     """Replace `directory` atomically with the model's trainable state (main process only)."""
     with atomic_directory(directory, marker=BEST_WEIGHTS_NAME) as staging:
-        state = {name: tensor.detach().cpu().contiguous() for name, tensor in trainable_state(model).items()}
-        save_file(state, str(staging / BEST_WEIGHTS_NAME), metadata=metadata)
+        save_file(_saveable(model), str(staging / BEST_WEIGHTS_NAME), metadata=metadata)
 
 
 def load_best_weights(model: nn.Module, directory: Path) -> bool:
