@@ -4,7 +4,8 @@ A checkpoint holds what training changes and nothing else: the trainable paramet
 (a frozen ViT-B/16 tower is 600 MB that never changes; re-writing it every epoch would cost more than the
 epoch), the optimizer, scheduler and gradient-scaler states, every process's RNG states and Accelerate's step
 counter, and the objects registered with `accelerator.register_for_checkpointing` (the balanced sampler's seed
-and epoch, the loop position `TrainingProgress`). It saves exactly what `accelerator.save_state` would, but
+and epoch, the loop position `TrainingProgress`), and the metrics of every completed epoch (`history.json`, so
+that `metrics.json` after a resume holds the whole run). It saves what `accelerator.save_state` would, but
 Accelerate pickles custom objects and RNG states (`custom_checkpoint_0.pkl` is read back with
 `weights_only=False`: a tampered file runs code on `--resume`), so every piece is written here as JSON plus
 safetensors (`state_files`), and nothing in a checkpoint is ever unpickled.
@@ -17,6 +18,7 @@ refused by name before anything is read.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -48,6 +50,7 @@ logger = get_logger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
 CHECKPOINT_KIND = "checkpoint"
 BEST_WEIGHTS_NAME = "trainable.safetensors"
+HISTORY_NAME = "history.json"
 _UNSUPPORTED = (DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.MEGATRON_LM, DistributedType.XLA)
 
 
@@ -64,6 +67,8 @@ class TrainingProgress:
         batch_in_epoch: batches of `epoch` already trained (non-zero only for mid-epoch checkpoints).
         global_step: optimizer steps taken.
         best_qwk, best_epoch: the best validation QWK so far and the epoch that reached it.
+        epoch_loss_sum, epoch_loss_batches: training loss summed over the batches of `epoch` trained before a
+            mid-epoch checkpoint (all processes), and their number.
     """
 
     epoch: int = 0
@@ -71,6 +76,8 @@ class TrainingProgress:
     global_step: int = 0
     best_qwk: float = float("-inf")
     best_epoch: int = -1
+    epoch_loss_sum: float = 0.0
+    epoch_loss_batches: int = 0
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,8 +190,15 @@ def _write_main_state(accelerator: Accelerator, directory: Path) -> None:
         save_state(accelerator.scaler.state_dict(), directory, "scaler")
 
 
-def save_checkpoint(accelerator: Accelerator, root: Path, global_step: int, keep: int) -> Path:
-    """Save the training state (what `accelerator.save_state` would, without pickle) as `root/step-<step>`.
+def save_checkpoint(
+    accelerator: Accelerator,
+    root: Path,
+    global_step: int,
+    keep: int,
+    history: list[dict[str, float]] | None = None,
+) -> Path:
+    """Save the training state (what `accelerator.save_state` would, without pickle) and the epoch `history`
+    (JSON) as `root/step-<step>`.
 
     All processes write into a staging folder (each its RNG state, the main process the rest) that the main
     process renames into place; then only the newest `keep` checkpoints are kept. Old checkpoints are deleted
@@ -202,6 +216,7 @@ def save_checkpoint(accelerator: Accelerator, root: Path, global_step: int, keep
     _write_rng_state(accelerator, staging)
     if accelerator.is_main_process:
         _write_main_state(accelerator, staging)
+        (staging / HISTORY_NAME).write_text(json.dumps(history or [], indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_manifest(staging, CHECKPOINT_KIND)
@@ -250,6 +265,25 @@ def load_checkpoint(accelerator: Accelerator, directory: Path) -> None:
         raise CheckpointError(f"Cannot resume from {directory}: {error}") from error
 
 
+def load_history(checkpoint: Path) -> list[dict[str, float]]:
+    """The epoch metrics saved with a checkpoint: a JSON list of `{name: number}`, checked as it is read.
+    (A checkpoint written before histories were saved has none: an empty history.)"""
+    path = checkpoint / HISTORY_NAME
+    if not path.is_file():
+        return []
+    try:
+        history = json.loads(path.read_text())  # NaN (an undefined QWK) round-trips as in json.dumps
+    except (OSError, ValueError, RecursionError) as error:
+        raise ValueError(f"{path} is not a readable epoch history: {error}") from error
+    if not isinstance(history, list) or not all(
+        isinstance(epoch, dict)
+        and all(isinstance(value, int | float) and not isinstance(value, bool) for value in epoch.values())
+        for epoch in history
+    ):
+        raise ValueError(f"{path} must hold a list of {{metric: number}} objects, one per epoch.")
+    return history
+
+
 def save_best_weights(model: nn.Module, directory: Path, metadata: dict[str, str]) -> None:
     """Replace `directory` atomically with the model's trainable state (main process only)."""
     with atomic_directory(directory, marker=BEST_WEIGHTS_NAME) as staging:
@@ -273,6 +307,7 @@ __all__ = [
     "list_checkpoints",
     "load_best_weights",
     "load_checkpoint",
+    "load_history",
     "load_trainable_state",
     "save_best_weights",
     "save_checkpoint",
