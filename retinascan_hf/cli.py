@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "retinascan_hf.commands.data",
     "retinascan_hf.commands.train",
     "retinascan_hf.commands.grade",
+    "retinascan_hf.commands.explain",
     "retinascan_hf.commands.evaluate",
     "retinascan_hf.commands.release",
     "retinascan_hf.commands.demo",
@@ -33,8 +34,9 @@ DEBUG_ENV = "RETINASCAN_DEBUG"
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 EPILOG = (
-    f"exit status: 0 success; 1 `grade` ran but some images were ungradable (see its --help); {EXIT_ERROR} an "
-    f"error (one line on stderr; --debug or {DEBUG_ENV}=1 shows the traceback); {EXIT_INTERRUPTED} interrupted."
+    f"exit status: 0 success; 1 `grade` or `explain` ran but some images were ungradable (see its --help); "
+    f"{EXIT_ERROR} an error (one line on stderr; --debug or {DEBUG_ENV}=1 shows the traceback); {EXIT_INTERRUPTED} "
+    "interrupted."
 )
 
 

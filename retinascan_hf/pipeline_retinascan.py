@@ -9,6 +9,8 @@ Decision modes:
     - `"ordinal"`: the CORAL head with the calibrated temperature and thresholds from the config.
     - `"prototype"`: nearest grade description (cosine to the text prototypes), calibrated softmax.
 
+`return_heatmap=True` explains each grade with Grad-CAM (`gradcam_retinascan.py`, imported only then).
+
 This file is copied verbatim into model repositories as remote code (relative imports only).
 """
 
@@ -25,7 +27,7 @@ from transformers.utils import logging
 from .configuration_retinascan import PIPELINE_TASK
 from .feature_bank import FEATURE_BANK_NAME, FeatureBank, bank_location
 from .image_processing_retinascan import describe_input
-from .modeling_retinascan import DECISION_MODES, decide
+from .modeling_retinascan import DECISION_MODES, GradeDecision, decide
 
 # A child of transformers' root logger, so that `transformers.logging.set_verbosity_*` and TRANSFORMERS_VERBOSITY
 # apply to it (a logger named plainly `__name__` would sit outside transformers' hierarchy and ignore them).
@@ -64,7 +66,8 @@ class RetinaScanPipeline(Pipeline):
             is used if present; if the folder or repo revision has none, the pipeline logs one warning naming it
             and grades with `mode="ordinal"`; if it cannot tell (no connection, not in the offline cache) it
             raises. Pass `False` to use no bank (and no warning).
-        mode, k, return_neighbors, top_k, coverage, timeout: call-time options (see `__call__`).
+        mode, k, return_neighbors, top_k, coverage, return_heatmap, heatmap_grade, timeout: call-time options (see
+            `__call__`).
     """
 
     _load_processor = False
@@ -117,7 +120,16 @@ class RetinaScanPipeline(Pipeline):
         return bank
 
     def _sanitize_parameters(
-        self, mode=None, k=None, return_neighbors=None, top_k=None, coverage=None, timeout=None, **kwargs
+        self,
+        mode=None,
+        k=None,
+        return_neighbors=None,
+        top_k=None,
+        coverage=None,
+        timeout=None,
+        return_heatmap=None,
+        heatmap_grade=None,
+        **kwargs,
     ):
         if kwargs:
             raise TypeError(f"Unexpected arguments for the retinascan pipeline: {sorted(kwargs)}.")
@@ -134,6 +146,9 @@ class RetinaScanPipeline(Pipeline):
             forward_params["k"] = int(k)
         if return_neighbors is not None:
             postprocess_params["return_neighbors"] = bool(return_neighbors)
+        if return_heatmap is not None or heatmap_grade is not None:
+            forward_params.update(self._heatmap_options(return_heatmap, heatmap_grade))
+            postprocess_params["return_heatmap"] = forward_params["return_heatmap"]
         if top_k is not None:
             if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
                 raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
@@ -150,11 +165,26 @@ class RetinaScanPipeline(Pipeline):
             raise ValueError("coverage was given, but this model has no conformal calibration (no grade sets).")
         return float(coverage)
 
+    def _heatmap_options(self, return_heatmap: bool | None, heatmap_grade: int | None) -> dict[str, Any]:
+        if heatmap_grade is None:
+            return {"return_heatmap": bool(return_heatmap), "heatmap_grade": None}
+        if not return_heatmap:
+            raise ValueError("heatmap_grade needs return_heatmap=True.")
+        from .gradcam_retinascan import check_target_grade
+
+        return {
+            "return_heatmap": True,
+            "heatmap_grade": check_target_grade(heatmap_grade, self.model.config.num_labels),
+        }
+
     def __call__(self, inputs, **kwargs):
         """Grade one input or a list of inputs.
 
         Options: `mode`, `k`, `return_neighbors`, `top_k`, `coverage` (target coverage of the `grade_set`, default
-        the config's `conformal_coverage`), `timeout`, `batch_size`.
+        the config's `conformal_coverage`), `timeout`, `batch_size`, and `return_heatmap=True`, which adds to each
+        gradable result `heatmap` (float32 array `[S, S]` in [0, 1], Grad-CAM of the decided grade, or of
+        `heatmap_grade` when given, aligned with `image_processor.to_model_image(input)`) and `overlay` (that
+        cropped fundus as a PIL image with the heat map blended in).
         """
         return super().__call__(inputs, **kwargs)
 
@@ -187,7 +217,13 @@ class RetinaScanPipeline(Pipeline):
         return mode
 
     def _forward(
-        self, model_inputs: dict[str, Any], mode: str | None = None, k: int | None = None, coverage: float | None = None
+        self,
+        model_inputs: dict[str, Any],
+        mode: str | None = None,
+        k: int | None = None,
+        coverage: float | None = None,
+        return_heatmap: bool = False,
+        heatmap_grade: int | None = None,
     ) -> dict[str, Any]:
         mode = self._resolve_mode(mode)
         valid = model_inputs["valid"].bool().cpu()
@@ -200,9 +236,14 @@ class RetinaScanPipeline(Pipeline):
         neighbor_idx = torch.full((batch, k), -1, dtype=torch.long)
         neighbor_sim = torch.zeros(batch, k)
         grade_set_bounds = torch.full((batch, 2), -1, dtype=torch.long)  # -1: no grade set
+        extra = {}
         if valid.any():
-            outputs = self.model(pixel_values=pixel_values[valid.to(pixel_values.device)].to(self.model.dtype))
-            decision = decide(outputs, mode, self.model.config, self.feature_bank, k, coverage=coverage)
+            inputs = pixel_values[valid.to(pixel_values.device)].to(self.model.dtype)
+            if return_heatmap:
+                decision, extra = self._explain(inputs, valid, mode, k, coverage, heatmap_grade)
+            else:
+                outputs = self.model(pixel_values=inputs)
+                decision = decide(outputs, mode, self.model.config, self.feature_bank, k, coverage=coverage)
             scores[valid], grades[valid] = decision.scores.float().cpu(), decision.grades.cpu()
             if decision.grade_sets is not None:
                 grade_set_bounds[valid] = decision.grade_sets.cpu()
@@ -221,14 +262,43 @@ class RetinaScanPipeline(Pipeline):
             "mode": [mode] * batch,
             "error": _as_list(model_inputs["error"]),
             "error_type": _as_list(model_inputs["error_type"]),
+            **extra,
         }
 
+    def _explain(
+        self,
+        inputs: torch.Tensor,
+        valid: torch.Tensor,
+        mode: str,
+        k: int,
+        coverage: float | None,
+        heatmap_grade: int | None,
+    ) -> tuple[GradeDecision, dict[str, torch.Tensor]]:
+        """Decision and Grad-CAM maps from one forward pass; maps (and the pixels they overlay) for every row."""
+        from .gradcam_retinascan import grad_cam
+
+        explanation = grad_cam(
+            self.model, inputs, mode, self.feature_bank, k, target_grade=heatmap_grade, coverage=coverage
+        )
+        size = inputs.shape[-1]
+        heatmaps = torch.zeros(valid.shape[0], size, size)
+        heatmaps[valid] = explanation.heatmaps.float().cpu()
+        pixels = torch.zeros(valid.shape[0], 3, size, size)
+        pixels[valid] = inputs.float().cpu()
+        return explanation.decision, {"heatmap": heatmaps, "heatmap_pixels": pixels}
+
     def postprocess(
-        self, model_outputs: dict[str, Any], return_neighbors: bool = False, top_k: int | None = None
+        self,
+        model_outputs: dict[str, Any],
+        return_neighbors: bool = False,
+        top_k: int | None = None,
+        return_heatmap: bool = False,
     ) -> dict[str, Any]:
         result = self._describe(model_outputs, return_neighbors)
         if top_k is not None:
             result["top_k"] = self._ranked(result["scores"], top_k)
+        if return_heatmap and result["gradable"]:
+            result.update(self._heatmap_fields(model_outputs))
         return result
 
     def _ranked(self, scores: list[float] | None, top_k: int) -> list[dict[str, Any]] | None:
@@ -265,6 +335,16 @@ class RetinaScanPipeline(Pipeline):
                 model_outputs["neighbor_similarities"].reshape(-1),
             )
         return result
+
+    def _heatmap_fields(self, model_outputs: dict[str, Any]) -> dict[str, Any]:
+        from .gradcam_retinascan import overlay_heatmap, pixels_to_image
+
+        processor = self.image_processor
+        heatmap = model_outputs["heatmap"][0].numpy().copy()  # a copy: not a view into the batch's tensor
+        picture = pixels_to_image(
+            model_outputs["heatmap_pixels"][0], processor.image_mean, processor.image_std, processor.do_normalize
+        )
+        return {"heatmap": heatmap, "overlay": overlay_heatmap(picture, heatmap)}
 
     def _describe_neighbors(self, indices: torch.Tensor, similarities: torch.Tensor) -> list[dict[str, Any]]:
         bank = self.feature_bank
