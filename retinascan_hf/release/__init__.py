@@ -15,7 +15,7 @@ from typing import Any
 from huggingface_hub import CommitInfo, HfApi
 
 from ..feature_bank import FEATURE_BANK_NAME
-from .card import CardFacts, read_json, render_model_card, validate_card
+from .card import TINY_BACKBONE, CardFacts, read_json, render_model_card, validate_card
 from .stage import StagedFile, stage_release
 from .upload import upload_release
 from .verify import ReleaseVerificationError, VerificationReport, verify_release
@@ -23,7 +23,6 @@ from .verify import ReleaseVerificationError, VerificationReport, verify_release
 # Largest score difference accepted between the release and its source, per storage dtype: float32 storage
 # must reproduce the source bit for bit up to summation order; float16 storage rounds every weight.
 SCORE_TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
-TINY_BACKBONE = "tiny"
 
 
 @dataclass

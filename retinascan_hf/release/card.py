@@ -34,6 +34,7 @@ DEFAULT_TAGS: tuple[str, ...] = (
     "custom_code",
 )
 CARD_NAME = "README.md"
+TINY_BACKBONE = "tiny"  # training's offline random backbone: no pretrained checkpoint to name as base_model
 
 
 @dataclass
@@ -246,6 +247,26 @@ def render_model_card(config: RetinaScanConfig, facts: CardFacts, *, bank_size: 
     return card
 
 
+def write_training_card(
+    folder: Path, config: RetinaScanConfig, metrics: dict[str, Any], *, data_dir: str | None, backbone: str
+) -> Path:
+    """The card a training run writes into its model folder (`folder`, holding the other files already).
+
+    The repo id is not known yet: the card names the folder (`ORG/<folder>` in its snippets) and
+    `retinascan release --repo-id` renders it again for the real repository.
+    """
+    facts = CardFacts(
+        repo_id=f"ORG/{Path(metrics.get('model_dir', folder)).name}",
+        base_model=None if backbone == TINY_BACKBONE else backbone,
+        training_metrics=metrics,
+        build_report=read_json(Path(data_dir) / "build_report.json") if data_dir else None,
+        files=card_files([path.name for path in Path(folder).iterdir() if path.is_file()]),
+    )
+    target = Path(folder) / CARD_NAME
+    render_model_card(config, facts).save(target)
+    return target
+
+
 def validate_card(card: ModelCard) -> None:
     """Check the card's metadata with huggingface_hub's own parsers, offline.
 
@@ -278,4 +299,5 @@ __all__ = [
     "render_model_card",
     "training_sources",
     "validate_card",
+    "write_training_card",
 ]
