@@ -5,6 +5,11 @@ to a query in the model's embedding space. It is stored as `feature_bank.safeten
 int64 grades, JSON metadata) and resolved exactly like transformers resolves weights: a local folder, or
 a Hub repo id through the cache (revision, offline mode, token).
 
+It also tells how far a query lies from everything the model was trained on (`ood_scores`): the mean cosine
+distance to its nearest rows, in units of the bank's own leave-one-out neighbour distance (computed once
+when the bank is built and stored in its metadata), so a score near 1 is "as close as training images are
+to each other" whatever the embedding space's scale.
+
 This file is copied verbatim into model repositories as remote code.
 """
 
@@ -17,13 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers.utils import cached_file
+
+from .validation_retinascan import InvalidArtefactError, check_finite_tensor, check_number
 
 FEATURE_BANK_NAME = "feature_bank.safetensors"
 _FORMAT = "retinascan-feature-bank"
 _VERSION = "1"
+# Neighbours whose mean distance makes a query's OOD score, and how many rows (at most) estimate the bank's own
+# leave-one-out distance: a fixed random sample keeps building a bank of a million rows affordable.
+OOD_NEIGHBORS = 10
+OOD_REFERENCE_ROWS = 4096
+# Floor of the reference distance: below fp16's resolution of a cosine, a bank is made of duplicates.
+_MIN_OOD_SCALE = 1e-3
 
 
 class FeatureBankMismatchError(ValueError):
@@ -60,6 +73,10 @@ class FeatureBank:
         sources, image_ids: optional per-row strings, returned with neighbours for audit trails.
         num_labels: number of grades (defaults to 5, ICDR).
         config_hash: the model's [`RetinaScanConfig.embedding_hash`] at build time.
+        ood_k, ood_scale: the OOD reference read back from a saved bank (see [`ood_reference`]); computed from
+            the embeddings when not given.
+
+    Embeddings holding NaN/inf or an all-zero row are refused: they would vote with meaningless neighbours.
     """
 
     def __init__(
@@ -71,20 +88,49 @@ class FeatureBank:
         image_ids: Sequence[str] | None = None,
         num_labels: int = 5,
         config_hash: str | None = None,
+        ood_k: int | None = None,
+        ood_scale: float | None = None,
     ):
         embeddings = torch.as_tensor(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-            raise ValueError(f"Bank embeddings must be a non-empty [N, D] tensor, got shape {tuple(embeddings.shape)}.")
+            raise InvalidArtefactError(
+                f"Bank embeddings must be a non-empty [N, D] tensor, got shape {tuple(embeddings.shape)}.",
+                field="embeddings",
+            )
         if not embeddings.is_floating_point():
             raise FeatureBankMismatchError(f"Bank embeddings must be floating point, got dtype {embeddings.dtype}.")
-        grades = torch.as_tensor(grades, dtype=torch.long).reshape(-1)
+        check_number("num_labels", num_labels, integer=True, low=2)
+        check_finite_tensor("embeddings", embeddings)
+        zero_rows = torch.nonzero(embeddings.detach().float().norm(dim=-1) <= 1e-6).flatten()
+        if len(zero_rows):
+            raise InvalidArtefactError(
+                f"embeddings has {len(zero_rows)} all-zero row(s) of {embeddings.shape[0]} (first: row "
+                f"{int(zero_rows[0])}); a zero embedding has no direction to compare.",
+                field="embeddings",
+            )
+        grades = torch.as_tensor(grades)
+        if grades.is_floating_point() or grades.dtype == torch.bool:
+            raise InvalidArtefactError(f"Bank grades must be integers, got dtype {grades.dtype}.", field="grades")
+        grades = grades.long().reshape(-1)
         if grades.shape[0] != embeddings.shape[0]:
-            raise ValueError(f"{embeddings.shape[0]} embeddings but {grades.shape[0]} grades.")
+            raise InvalidArtefactError(
+                f"{embeddings.shape[0]} embeddings but {grades.shape[0]} grades.", field="grades"
+            )
         if grades.min() < 0 or grades.max() >= num_labels:
-            raise ValueError(f"Bank grades must lie in [0, {num_labels - 1}], got {grades.min()}..{grades.max()}.")
+            raise InvalidArtefactError(
+                f"Bank grades must lie in [0, {num_labels - 1}], got {grades.min()}..{grades.max()}.", field="grades"
+            )
         for name, values in (("sources", sources), ("image_ids", image_ids)):
-            if values is not None and len(values) != grades.shape[0]:
-                raise ValueError(f"{name} has {len(values)} entries for {grades.shape[0]} bank rows.")
+            if values is not None and (len(values) != grades.shape[0] or not all(isinstance(v, str) for v in values)):
+                raise InvalidArtefactError(
+                    f"{name} must hold one string per bank row ({grades.shape[0]}), got {len(values)} entries.",
+                    field=name,
+                )
+        if (ood_k is None) != (ood_scale is None):
+            raise InvalidArtefactError("ood_k and ood_scale come together: give both or neither.", field="ood_k")
+        if ood_k is not None:
+            check_number("ood_k", ood_k, integer=True, low=1, high=max(1, grades.shape[0] - 1))
+            check_number("ood_scale", ood_scale, low=0, low_open=True)
         normalised = torch.nn.functional.normalize(embeddings.detach().float().cpu(), dim=-1)
         self.embeddings = normalised.to(torch.float16)
         self.grades = grades.cpu()
@@ -92,6 +138,7 @@ class FeatureBank:
         self.image_ids = list(image_ids) if image_ids is not None else None
         self.num_labels = num_labels
         self.config_hash = config_hash
+        self._ood_reference = (ood_k, float(ood_scale)) if ood_k is not None else None
         self._search_matrix: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -106,13 +153,23 @@ class FeatureBank:
         return f"FeatureBank(size={len(self)}, dim={self.dim}, grades={counts})"
 
     def check_compatible(
-        self, embedding_dim: int, config_hash: str | None = None, dtype: torch.dtype | None = None
+        self,
+        embedding_dim: int,
+        config_hash: str | None = None,
+        dtype: torch.dtype | None = None,
+        num_labels: int | None = None,
     ) -> None:
-        """Raise [`FeatureBankMismatchError`] if this bank cannot serve a model of `embedding_dim` and `dtype`.
+        """Raise [`FeatureBankMismatchError`] if this bank cannot serve a model of `embedding_dim`, `dtype` and
+        `num_labels` grades.
 
         The search runs in float32, so any floating model dtype works with the fp16 bank; a model whose
-        embeddings are not floating point (an integer-quantised export) cannot be searched.
+        embeddings are not floating point (an integer-quantised export) cannot be searched. A bank voting over
+        another number of grades would return scores of the wrong length (or grades the model cannot name).
         """
+        if num_labels is not None and num_labels != self.num_labels:
+            raise FeatureBankMismatchError(
+                f"Feature bank votes over {self.num_labels} grades but the model has {num_labels} grades."
+            )
         if dtype is not None and not dtype.is_floating_point:
             raise FeatureBankMismatchError(
                 f"Feature bank holds {self.embeddings.dtype} embeddings; the model computes in {dtype}, "
@@ -182,6 +239,45 @@ class FeatureBank:
         votes.scatter_add_(1, neighbour_grades, weights)
         return NeighborResult(scores=votes / votes.sum(-1, keepdim=True), indices=indices, similarities=similarities)
 
+    def ood_reference(self) -> tuple[int, float] | None:
+        """`(k, scale)`: the neighbours an OOD score averages over and the bank's own typical distance.
+
+        `scale` is the median, over (a fixed sample of at most `OOD_REFERENCE_ROWS`) bank rows, of each row's
+        mean cosine distance to its `k` nearest *other* rows. Computed once, saved with the bank; `None` for a
+        bank of a single row, which has no neighbours to measure.
+        """
+        if self._ood_reference is None and len(self) >= 2:
+            k = min(OOD_NEIGHBORS, len(self) - 1)
+            if len(self) <= OOD_REFERENCE_ROWS:
+                rows = torch.arange(len(self))
+            else:
+                rows = torch.randperm(len(self), generator=torch.Generator().manual_seed(0))[:OOD_REFERENCE_ROWS]
+            distances = self._mean_neighbor_distance(self.embeddings[rows].float(), k, exclude=rows)
+            self._ood_reference = (k, max(float(distances.median()), _MIN_OOD_SCALE))
+        return self._ood_reference
+
+    def _mean_neighbor_distance(
+        self, queries: torch.Tensor, k: int, exclude: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean cosine distance of each query to its `k` nearest rows, skipping row `exclude[i]` for query `i`."""
+        similarities, indices = self.search(queries, k + (exclude is not None))
+        if exclude is not None:
+            own = indices == exclude.to(indices.device)[:, None]
+            similarities = similarities.masked_fill(own, float("-inf")).topk(k, dim=-1).values
+        return (1.0 - similarities).mean(dim=-1)
+
+    def ood_scores(self, queries: torch.Tensor) -> torch.Tensor | None:
+        """Out-of-distribution score per query `[B]`: mean distance to the `k` nearest rows / the bank's scale.
+
+        About 1 for images like the training set; far larger for pictures unlike anything in it. `None` when
+        the bank is too small to have a reference.
+        """
+        reference = self.ood_reference()
+        if reference is None:
+            return None
+        k, scale = reference
+        return self._mean_neighbor_distance(queries, k) / scale
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write `feature_bank.safetensors` into `save_directory` atomically (temp file, then rename)."""
         directory = Path(save_directory)
@@ -195,6 +291,9 @@ class FeatureBank:
             "dtype": str(self.embeddings.dtype).removeprefix("torch."),
             "config_hash": self.config_hash or "",
         }
+        reference = self.ood_reference()
+        if reference is not None:
+            metadata["ood_k"], metadata["ood_scale"] = str(reference[0]), repr(reference[1])
         if self.sources is not None:
             metadata["sources"] = json.dumps(self.sources)
         if self.image_ids is not None:
@@ -211,30 +310,46 @@ class FeatureBank:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> FeatureBank:
-        """Read a bank file (safetensors only: nothing is unpickled)."""
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not a RetinaScan feature bank (format={metadata.get('format')!r}).")
-            embeddings = handle.get_tensor("embeddings")
-            grades = handle.get_tensor("grades")
+        """Read a bank file (safetensors only: nothing is unpickled), refusing values that cannot be served
+        with an error naming the file and the field."""
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                if metadata.get("format") != _FORMAT:
+                    raise InvalidArtefactError(
+                        f"not a RetinaScan feature bank (format={metadata.get('format')!r}).", field="format"
+                    )
+                missing = sorted({"embeddings", "grades"} - set(handle.keys()))
+                if missing:
+                    raise InvalidArtefactError(f"missing tensor(s) {missing}.", field=missing[0])
+                embeddings = handle.get_tensor("embeddings")
+                grades = handle.get_tensor("grades")
+        except SafetensorError as error:
+            raise OSError(f"{path} is not a readable safetensors file: {error}") from error
+        except InvalidArtefactError as error:
+            raise error.in_file(path) from error
         declared_dtype = metadata.get("dtype")
         if declared_dtype and declared_dtype != str(embeddings.dtype).removeprefix("torch."):
             raise FeatureBankMismatchError(
                 f"{path} declares dtype {declared_dtype} but stores {embeddings.dtype} embeddings."
             )
-        if int(metadata.get("dim", embeddings.shape[-1])) != embeddings.shape[-1]:
-            raise FeatureBankMismatchError(
-                f"{path} declares dim {metadata['dim']} but stores {embeddings.shape[-1]}-d embeddings."
+        try:
+            if _metadata_number(metadata, "dim", embeddings.shape[-1], integer=True) != embeddings.shape[-1]:
+                raise FeatureBankMismatchError(
+                    f"{path} declares dim {metadata['dim']} but stores {embeddings.shape[-1]}-d embeddings."
+                )
+            return cls(
+                embeddings,
+                grades,
+                sources=_metadata_strings(metadata, "sources"),
+                image_ids=_metadata_strings(metadata, "image_ids"),
+                num_labels=_metadata_number(metadata, "num_labels", 5, integer=True),
+                config_hash=metadata.get("config_hash") or None,
+                ood_k=_metadata_number(metadata, "ood_k", None, integer=True),
+                ood_scale=_metadata_number(metadata, "ood_scale", None, integer=False),
             )
-        return cls(
-            embeddings,
-            grades,
-            sources=json.loads(metadata["sources"]) if "sources" in metadata else None,
-            image_ids=json.loads(metadata["image_ids"]) if "image_ids" in metadata else None,
-            num_labels=int(metadata.get("num_labels", 5)),
-            config_hash=metadata.get("config_hash") or None,
-        )
+        except InvalidArtefactError as error:
+            raise error.in_file(path) from error
 
     @classmethod
     def from_pretrained(
@@ -269,4 +384,36 @@ class FeatureBank:
         return cls.from_file(resolved)
 
 
-__all__ = ["FEATURE_BANK_NAME", "FeatureBank", "FeatureBankMismatchError", "NeighborResult"]
+def _metadata_number(metadata: dict[str, str], key: str, default, *, integer: bool):
+    """A number stored as a metadata string (safetensors metadata is `str -> str`); `default` when absent."""
+    raw = metadata.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise InvalidArtefactError(f"metadata {key} must be {kind}, got {raw!r}.", field=key) from None
+
+
+def _metadata_strings(metadata: dict[str, str], key: str) -> list[str] | None:
+    """A JSON list of strings stored as metadata; `None` when absent."""
+    if key not in metadata:
+        return None
+    try:
+        values = json.loads(metadata[key])
+    except json.JSONDecodeError as error:
+        raise InvalidArtefactError(f"metadata {key} is not valid JSON ({error}).", field=key) from None
+    if not isinstance(values, list):
+        raise InvalidArtefactError(f"metadata {key} must be a JSON list of strings.", field=key)
+    return values
+
+
+__all__ = [
+    "FEATURE_BANK_NAME",
+    "OOD_NEIGHBORS",
+    "OOD_REFERENCE_ROWS",
+    "FeatureBank",
+    "FeatureBankMismatchError",
+    "NeighborResult",
+]

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.dynamic_module_utils import custom_object_save
-from transformers.utils import ModelOutput
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput
 
 from .configuration_retinascan import RetinaScanConfig
 from .feature_bank import FeatureBank, NeighborResult
+from .validation_retinascan import InvalidArtefactError, check_finite_tensor
 
 DECISION_MODES: tuple[str, ...] = ("knn", "ordinal", "prototype")
 
@@ -254,12 +257,23 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, remembering where (and at which revision) the weights came from.
+        """`PreTrainedModel.from_pretrained`, remembering where (and at which revision) the weights came from, and
+        refusing weights that cannot be served.
 
         The pipeline reads `pretrained_source` to load the feature bank from the same repo *and commit* as
-        the weights: a bank from another revision would vote with embeddings of other weights.
+        the weights: a bank from another revision would vote with embeddings of other weights. A corrupt
+        safetensors file, or weights holding NaN/inf (or a zero `feature_std`, which divides), raise naming the
+        file instead of grading every image "No DR" with NaN scores.
         """
-        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        location = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except SafetensorError as error:
+            raise OSError(f"{_weights_file(location)} is not a readable safetensors file: {error}") from error
+        try:
+            model.check_weights()
+        except InvalidArtefactError as error:
+            raise error.in_file(_weights_file(location)) from error
         model.pretrained_source = {
             "pretrained_model_name_or_path": str(pretrained_model_name_or_path),
             "revision": kwargs.get("revision"),
@@ -269,6 +283,14 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
             "subfolder": kwargs.get("subfolder") or "",
         }
         return model
+
+    def check_weights(self) -> None:
+        """Raise [`InvalidArtefactError`] naming the first parameter or buffer holding NaN/inf, or a `feature_std`
+        entry that is not positive (features are divided by it)."""
+        for name, tensor in chain(self.named_parameters(), self.named_buffers()):
+            check_finite_tensor(name, tensor)
+        if not bool((self.feature_std > 0).all()):
+            raise InvalidArtefactError("feature_std must be positive everywhere (features are divided by it).")
 
     @torch.no_grad()
     def compute_text_prototypes(self, tokenizer, descriptions: list[str] | None = None) -> torch.Tensor:
@@ -372,6 +394,13 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             custom_object_save(RetinaScanPipeline, save_directory)
+
+
+def _weights_file(location: str) -> str:
+    """The weights file of a model folder, for error messages: the shard index when the folder is sharded."""
+    if os.path.isfile(os.path.join(location, SAFE_WEIGHTS_INDEX_NAME)):
+        return os.path.join(location, SAFE_WEIGHTS_INDEX_NAME)
+    return os.path.join(location, SAFE_WEIGHTS_NAME)
 
 
 __all__ = [

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,5 +26,16 @@ def run(args: argparse.Namespace) -> int:
     options = {key: value for key, value in (("mode", args.mode), ("k", args.k)) if value is not None}
     results = grader(args.images, batch_size=args.batch_size, **options)
     for image, result in zip(args.images, results, strict=True):
-        print(json.dumps({"image": image, **result}))
+        print(json.dumps(json_safe({"image": image, **result}), allow_nan=False))
     return 0 if all(result["gradable"] for result in results) else 1
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by `None`: strict JSON has no NaN, and consumers choke on it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
