@@ -106,10 +106,10 @@ class RetinaScanConfig(PreTrainedConfig):
             One decision threshold per CORAL task, on the temperature-scaled logits. Zeros (probability
             0.5) by default; training tunes them on validation data.
         ood_threshold (`float`, *optional*):
-            Largest `ood_score` (distance of an image's embedding to its nearest feature-bank rows, in units of the
-            bank's own leave-one-out neighbour distance) that is still graded; above it the pipeline answers
-            `gradable: False`. Training sets it to a high quantile of the validation images' scores; `None`
-            (an untrained model) disables the check.
+            Largest `ood_score` (distance of an image's CLIP embedding to those of its nearest training images, in
+            units of their own leave-one-out neighbour distance; see `OODReference`) that is still graded; above it
+            the pipeline answers `gradable: False`. Training sets it to a high quantile of the validation images'
+            scores; `None` (an untrained model) disables the check.
         referable_grade (`int`, defaults to 2):
             Lowest grade that counts as *referable* DR (ICDR: moderate NPDR or worse). Screening programmes refer
             at this cut-off; the pipeline's `referable` flag and the screening metrics use it.

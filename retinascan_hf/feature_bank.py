@@ -5,10 +5,9 @@ to a query in the model's embedding space. It is stored as `feature_bank.safeten
 int64 grades, JSON metadata) and resolved exactly like transformers resolves weights: a local folder, or
 a Hub repo id through the cache (revision, offline mode, token).
 
-It also tells how far a query lies from everything the model was trained on (`ood_scores`): the mean cosine
-distance to its nearest rows, in units of the bank's own leave-one-out neighbour distance (computed once
-when the bank is built and stored in its metadata), so a score near 1 is "as close as training images are
-to each other" whatever the embedding space's scale.
+The file also carries an [`OODReference`]: CLIP image embeddings of (a sample of) the training images, with
+their own leave-one-out neighbour distance, from which `ood_scores` says how far a new image lies from
+everything the model was trained on.
 
 This file is copied verbatim into model repositories as remote code.
 """
@@ -31,12 +30,91 @@ from .validation_retinascan import InvalidArtefactError, check_finite_tensor, ch
 FEATURE_BANK_NAME = "feature_bank.safetensors"
 _FORMAT = "retinascan-feature-bank"
 _VERSION = "1"
-# Neighbours whose mean distance makes a query's OOD score, and how many rows (at most) estimate the bank's own
-# leave-one-out distance: a fixed random sample keeps building a bank of a million rows affordable.
+# Neighbours whose mean distance makes an OOD score, and the most training images the reference keeps: a fixed
+# random sample bounds its size and cost (an exact search over 4,096 rows) whatever the training set's size.
 OOD_NEIGHBORS = 10
 OOD_REFERENCE_ROWS = 4096
-# Floor of the reference distance: below fp16's resolution of a cosine, a bank is made of duplicates.
-_MIN_OOD_SCALE = 1e-3
+# Floor of the reference distance, so a reference made of duplicates cannot divide by zero.
+_MIN_OOD_SCALE = 1e-6
+
+
+def _check_rows(name: str, rows: torch.Tensor) -> None:
+    """Refuse NaN/inf and all-zero rows: a zero vector has no direction to compare by cosine."""
+    check_finite_tensor(name, rows)
+    zero_rows = torch.nonzero(rows.detach().float().norm(dim=-1) <= 1e-6).flatten()
+    if len(zero_rows):
+        raise InvalidArtefactError(
+            f"{name} has {len(zero_rows)} all-zero row(s) of {rows.shape[0]} (first: row {int(zero_rows[0])}); "
+            "a zero vector has no direction to compare.",
+            field=name,
+        )
+
+
+class OODReference:
+    """How far an image lies from the training images, in units of how far training images lie from each other.
+
+    Holds the CLIP image embeddings (the backbone's `image_features`) of at most `OOD_REFERENCE_ROWS` training
+    images. A query's score is its mean cosine distance to the `k` nearest of them, divided by `scale`: the
+    median of that same distance for each reference row against the others (leave-one-out). About 1 means
+    "as close as training images are to each other"; a picture unlike anything trained on scores far higher.
+
+    The backbone's embedding, not the bank's: the grading heads are trained to keep only what separates
+    grades, so a picture that is no fundus lands among the grade clusters just like an ambiguous fundus does
+    (quickstart model: disc-shaped non-fundus pictures scored 1.5-2.9 there, inside the 0.2-21 range of
+    validation fundus images), while CLIP's embedding keeps what the picture shows.
+
+    Args:
+        features: `[M, D]` image embeddings (M >= 2); stored L2-normalised in float32.
+        k, scale: as read back from a saved bank; computed from `features` when not given.
+    """
+
+    def __init__(self, features: torch.Tensor, k: int | None = None, scale: float | None = None):
+        features = torch.as_tensor(features)
+        if features.ndim != 2 or features.shape[0] < 2 or not features.is_floating_point():
+            raise InvalidArtefactError(
+                f"ood_features must be a floating [M, D] tensor with M >= 2, got {features.dtype} "
+                f"{tuple(features.shape)}.",
+                field="ood_features",
+            )
+        _check_rows("ood_features", features)
+        self.features = torch.nn.functional.normalize(features.detach().float().cpu(), dim=-1)
+        if (k is None) != (scale is None):
+            raise InvalidArtefactError("ood_k and ood_scale come together: give both or neither.", field="ood_k")
+        if k is None:
+            k = min(OOD_NEIGHBORS, len(self.features) - 1)
+            rows = torch.arange(len(self.features))
+            scale = max(float(self._mean_distance(self.features, k, exclude=rows).median()), _MIN_OOD_SCALE)
+        self.k = check_number("ood_k", k, integer=True, low=1, high=len(self.features) - 1)
+        self.scale = float(check_number("ood_scale", scale, low=0, low_open=True))
+
+    @classmethod
+    def sample(cls, features: torch.Tensor, max_rows: int = OOD_REFERENCE_ROWS) -> OODReference | None:
+        """A reference from a fixed random sample of at most `max_rows` of `features`; `None` below 2 rows."""
+        if len(features) < 2:
+            return None
+        if len(features) > max_rows:
+            features = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:max_rows]]
+        return cls(features)
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+    def _mean_distance(self, queries: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cosine distance of each query to its `k` nearest rows, skipping row `exclude[i]` for query `i`."""
+        similarities = torch.nn.functional.normalize(queries.float(), dim=-1) @ self.features.to(queries.device).T
+        if exclude is not None:
+            similarities[torch.arange(len(queries)), exclude.to(queries.device)] = float("-inf")
+        return (1.0 - similarities.topk(k, dim=-1).values.clamp(-1.0, 1.0)).mean(dim=-1)
+
+    @torch.no_grad()
+    def scores(self, queries: torch.Tensor) -> torch.Tensor:
+        """OOD score per query `[B]` (see the class docstring); NaN for a non-finite query."""
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise FeatureBankMismatchError(
+                f"OOD queries have shape {tuple(queries.shape)}; the reference expects [B, {self.dim}]."
+            )
+        return self._mean_distance(queries, self.k) / self.scale
 
 
 class FeatureBankMismatchError(ValueError):
@@ -73,8 +151,7 @@ class FeatureBank:
         sources, image_ids: optional per-row strings, returned with neighbours for audit trails.
         num_labels: number of grades (defaults to 5, ICDR).
         config_hash: the model's [`RetinaScanConfig.embedding_hash`] at build time.
-        ood_k, ood_scale: the OOD reference read back from a saved bank (see [`ood_reference`]); computed from
-            the embeddings when not given.
+        ood_reference: the [`OODReference`] of the training images, for `ood_scores` (optional).
 
     Embeddings holding NaN/inf or an all-zero row are refused: they would vote with meaningless neighbours.
     """
@@ -88,8 +165,7 @@ class FeatureBank:
         image_ids: Sequence[str] | None = None,
         num_labels: int = 5,
         config_hash: str | None = None,
-        ood_k: int | None = None,
-        ood_scale: float | None = None,
+        ood_reference: OODReference | None = None,
     ):
         embeddings = torch.as_tensor(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[0] == 0:
@@ -100,14 +176,7 @@ class FeatureBank:
         if not embeddings.is_floating_point():
             raise FeatureBankMismatchError(f"Bank embeddings must be floating point, got dtype {embeddings.dtype}.")
         check_number("num_labels", num_labels, integer=True, low=2)
-        check_finite_tensor("embeddings", embeddings)
-        zero_rows = torch.nonzero(embeddings.detach().float().norm(dim=-1) <= 1e-6).flatten()
-        if len(zero_rows):
-            raise InvalidArtefactError(
-                f"embeddings has {len(zero_rows)} all-zero row(s) of {embeddings.shape[0]} (first: row "
-                f"{int(zero_rows[0])}); a zero embedding has no direction to compare.",
-                field="embeddings",
-            )
+        _check_rows("embeddings", embeddings)
         grades = torch.as_tensor(grades)
         if grades.is_floating_point() or grades.dtype == torch.bool:
             raise InvalidArtefactError(f"Bank grades must be integers, got dtype {grades.dtype}.", field="grades")
@@ -126,11 +195,6 @@ class FeatureBank:
                     f"{name} must hold one string per bank row ({grades.shape[0]}), got {len(values)} entries.",
                     field=name,
                 )
-        if (ood_k is None) != (ood_scale is None):
-            raise InvalidArtefactError("ood_k and ood_scale come together: give both or neither.", field="ood_k")
-        if ood_k is not None:
-            check_number("ood_k", ood_k, integer=True, low=1, high=max(1, grades.shape[0] - 1))
-            check_number("ood_scale", ood_scale, low=0, low_open=True)
         normalised = torch.nn.functional.normalize(embeddings.detach().float().cpu(), dim=-1)
         self.embeddings = normalised.to(torch.float16)
         self.grades = grades.cpu()
@@ -138,7 +202,7 @@ class FeatureBank:
         self.image_ids = list(image_ids) if image_ids is not None else None
         self.num_labels = num_labels
         self.config_hash = config_hash
-        self._ood_reference = (ood_k, float(ood_scale)) if ood_k is not None else None
+        self.ood_reference = ood_reference
         self._search_matrix: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -166,6 +230,11 @@ class FeatureBank:
         embeddings are not floating point (an integer-quantised export) cannot be searched. A bank voting over
         another number of grades would return scores of the wrong length (or grades the model cannot name).
         """
+        if self.ood_reference is not None and self.ood_reference.dim != embedding_dim:
+            raise FeatureBankMismatchError(
+                f"Feature bank's OOD reference holds {self.ood_reference.dim}-d image embeddings but the model "
+                f"produces {embedding_dim}-d ones."
+            )
         if num_labels is not None and num_labels != self.num_labels:
             raise FeatureBankMismatchError(
                 f"Feature bank votes over {self.num_labels} grades but the model has {num_labels} grades."
@@ -239,44 +308,10 @@ class FeatureBank:
         votes.scatter_add_(1, neighbour_grades, weights)
         return NeighborResult(scores=votes / votes.sum(-1, keepdim=True), indices=indices, similarities=similarities)
 
-    def ood_reference(self) -> tuple[int, float] | None:
-        """`(k, scale)`: the neighbours an OOD score averages over and the bank's own typical distance.
-
-        `scale` is the median, over (a fixed sample of at most `OOD_REFERENCE_ROWS`) bank rows, of each row's
-        mean cosine distance to its `k` nearest *other* rows. Computed once, saved with the bank; `None` for a
-        bank of a single row, which has no neighbours to measure.
-        """
-        if self._ood_reference is None and len(self) >= 2:
-            k = min(OOD_NEIGHBORS, len(self) - 1)
-            if len(self) <= OOD_REFERENCE_ROWS:
-                rows = torch.arange(len(self))
-            else:
-                rows = torch.randperm(len(self), generator=torch.Generator().manual_seed(0))[:OOD_REFERENCE_ROWS]
-            distances = self._mean_neighbor_distance(self.embeddings[rows].float(), k, exclude=rows)
-            self._ood_reference = (k, max(float(distances.median()), _MIN_OOD_SCALE))
-        return self._ood_reference
-
-    def _mean_neighbor_distance(
-        self, queries: torch.Tensor, k: int, exclude: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Mean cosine distance of each query to its `k` nearest rows, skipping row `exclude[i]` for query `i`."""
-        similarities, indices = self.search(queries, k + (exclude is not None))
-        if exclude is not None:
-            own = indices == exclude.to(indices.device)[:, None]
-            similarities = similarities.masked_fill(own, float("-inf")).topk(k, dim=-1).values
-        return (1.0 - similarities).mean(dim=-1)
-
-    def ood_scores(self, queries: torch.Tensor) -> torch.Tensor | None:
-        """Out-of-distribution score per query `[B]`: mean distance to the `k` nearest rows / the bank's scale.
-
-        About 1 for images like the training set; far larger for pictures unlike anything in it. `None` when
-        the bank is too small to have a reference.
-        """
-        reference = self.ood_reference()
-        if reference is None:
-            return None
-        k, scale = reference
-        return self._mean_neighbor_distance(queries, k) / scale
+    def ood_scores(self, image_features: torch.Tensor) -> torch.Tensor | None:
+        """Out-of-distribution score per image `[B]` from the backbone's `image_features` (see [`OODReference`]);
+        `None` for a bank without a reference."""
+        return None if self.ood_reference is None else self.ood_reference.scores(image_features)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write `feature_bank.safetensors` into `save_directory` atomically (temp file, then rename)."""
@@ -291,20 +326,17 @@ class FeatureBank:
             "dtype": str(self.embeddings.dtype).removeprefix("torch."),
             "config_hash": self.config_hash or "",
         }
-        reference = self.ood_reference()
-        if reference is not None:
-            metadata["ood_k"], metadata["ood_scale"] = str(reference[0]), repr(reference[1])
+        tensors = {"embeddings": self.embeddings.contiguous(), "grades": self.grades.contiguous()}
+        if self.ood_reference is not None:
+            metadata["ood_k"], metadata["ood_scale"] = str(self.ood_reference.k), repr(self.ood_reference.scale)
+            tensors["ood_features"] = self.ood_reference.features.contiguous()
         if self.sources is not None:
             metadata["sources"] = json.dumps(self.sources)
         if self.image_ids is not None:
             metadata["image_ids"] = json.dumps(self.image_ids)
         target = directory / FEATURE_BANK_NAME
         temporary = directory / f".{FEATURE_BANK_NAME}.{os.getpid()}.tmp"
-        save_file(
-            {"embeddings": self.embeddings.contiguous(), "grades": self.grades.contiguous()},
-            str(temporary),
-            metadata=metadata,
-        )
+        save_file(tensors, str(temporary), metadata=metadata)
         os.replace(temporary, target)
         return target
 
@@ -319,11 +351,13 @@ class FeatureBank:
                     raise InvalidArtefactError(
                         f"not a RetinaScan feature bank (format={metadata.get('format')!r}).", field="format"
                     )
-                missing = sorted({"embeddings", "grades"} - set(handle.keys()))
+                stored = set(handle.keys())
+                missing = sorted({"embeddings", "grades"} - stored)
                 if missing:
                     raise InvalidArtefactError(f"missing tensor(s) {missing}.", field=missing[0])
                 embeddings = handle.get_tensor("embeddings")
                 grades = handle.get_tensor("grades")
+                ood_features = handle.get_tensor("ood_features") if "ood_features" in stored else None
         except SafetensorError as error:
             raise OSError(f"{path} is not a readable safetensors file: {error}") from error
         except InvalidArtefactError as error:
@@ -338,6 +372,13 @@ class FeatureBank:
                 raise FeatureBankMismatchError(
                     f"{path} declares dim {metadata['dim']} but stores {embeddings.shape[-1]}-d embeddings."
                 )
+            reference = None
+            if ood_features is not None:
+                reference = OODReference(
+                    ood_features,
+                    k=_metadata_number(metadata, "ood_k", None, integer=True),
+                    scale=_metadata_number(metadata, "ood_scale", None, integer=False),
+                )
             return cls(
                 embeddings,
                 grades,
@@ -345,8 +386,7 @@ class FeatureBank:
                 image_ids=_metadata_strings(metadata, "image_ids"),
                 num_labels=_metadata_number(metadata, "num_labels", 5, integer=True),
                 config_hash=metadata.get("config_hash") or None,
-                ood_k=_metadata_number(metadata, "ood_k", None, integer=True),
-                ood_scale=_metadata_number(metadata, "ood_scale", None, integer=False),
+                ood_reference=reference,
             )
         except InvalidArtefactError as error:
             raise error.in_file(path) from error
@@ -416,4 +456,5 @@ __all__ = [
     "FeatureBank",
     "FeatureBankMismatchError",
     "NeighborResult",
+    "OODReference",
 ]

@@ -185,7 +185,7 @@ class RetinaScanPipeline(Pipeline):
                 neighbor_idx[rows, :width] = neighbors.indices.cpu()
                 neighbor_sim[rows, :width] = neighbors.similarities.float().cpu()
             embeddings = outputs.embeddings.float()
-            ood = bank.ood_scores(embeddings) if bank is not None else None
+            ood = bank.ood_scores(outputs.image_features.float()) if bank is not None else None
             if ood is not None:
                 ood_scores[rows] = ood.float().cpu()
             finite = torch.isfinite(embeddings).all(dim=-1).cpu() & torch.isfinite(scores[rows]).all(dim=-1)

@@ -75,6 +75,8 @@ class TrainingConfig:
             in `output_dir`; without it such a run refuses to start.
         calibrate: fit the post-hoc temperatures on validation data.
         tune_thresholds: tune the CORAL decision thresholds on validation data.
+        ood_quantile: the model's `ood_threshold` is this quantile of the validation images' OOD scores, so
+            about `1 - ood_quantile` of in-distribution images are flagged as out of distribution.
         progress: show progress bars (main process only).
     """
 
@@ -115,6 +117,7 @@ class TrainingConfig:
     overwrite_output_dir: bool = False
     calibrate: bool = True
     tune_thresholds: bool = True
+    ood_quantile: float = 0.99
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -127,6 +130,8 @@ class TrainingConfig:
         for name in ("learning_rate", "max_grad_norm", "layerwise_lr_decay"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if not 0 < self.ood_quantile <= 1:
+            raise ValueError(f"ood_quantile must lie in (0, 1], got {self.ood_quantile}.")
         if not 0 <= self.warmup_epochs <= self.num_epochs:
             raise ValueError(f"warmup_epochs must lie in [0, num_epochs], got {self.warmup_epochs}.")
 
