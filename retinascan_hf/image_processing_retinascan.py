@@ -688,10 +688,11 @@ class RetinaScanImageProcessor(BaseImageProcessor):
         return self.size["height"]
 
     def load(self, source: FundusInput, timeout: float | None = None) -> Image.Image:
-        """Decode one input with this processor's safety limits, reduced to about twice the output size."""
+        """Decode one input with this processor's safety limits, reduced to about twice the output size (and
+        never below the quality check's analysis size, so its measurements do not depend on the output size)."""
         return load_fundus_image(
             source,
-            reduce_to=self.output_size * self.DECODE_OVERSAMPLING,
+            reduce_to=max(self.output_size * self.DECODE_OVERSAMPLING, FOCUS_ANALYSIS_SIZE),
             max_image_pixels=self.max_image_pixels,
             max_decoded_pixels=self.max_decoded_pixels,
             min_image_size=self.min_image_size,

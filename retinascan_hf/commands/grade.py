@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from typing import Any
 
 
@@ -22,7 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..loading import load_pipeline
 
-    grader = load_pipeline(args.model, revision=args.revision)
+    try:
+        grader = load_pipeline(args.model, revision=args.revision)
+    except (OSError, ValueError) as error:  # a missing, corrupt or tampered model folder: say which file, exit 2
+        print(f"retinascan grade: cannot load {args.model}: {error}", file=sys.stderr)
+        return 2
     options = {key: value for key, value in (("mode", args.mode), ("k", args.k)) if value is not None}
     results = grader(args.images, batch_size=args.batch_size, **options)
     for image, result in zip(args.images, results, strict=True):
