@@ -9,6 +9,7 @@ imports this package (the Hub's remote-code path).
 from .configuration_retinascan import ICDR_LABELS, RetinaScanConfig
 from .feature_bank import FEATURE_BANK_NAME, FeatureBank, FeatureBankMismatchError
 from .image_processing_retinascan import (
+    ImageDownloadError,
     ImageTooLargeError,
     InvalidImageError,
     NoFundusFoundError,
@@ -19,6 +20,7 @@ from .loading import load_pipeline
 from .modeling_retinascan import RetinaScanModel, RetinaScanOutput
 from .pipeline_retinascan import RetinaScanPipeline
 from .registration import register
+from .validation_retinascan import InvalidArtefactError
 
 __version__ = "0.1.0"
 
@@ -29,7 +31,9 @@ __all__ = [
     "ICDR_LABELS",
     "FeatureBank",
     "FeatureBankMismatchError",
+    "ImageDownloadError",
     "ImageTooLargeError",
+    "InvalidArtefactError",
     "InvalidImageError",
     "NoFundusFoundError",
     "RetinaScanConfig",
