@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from typing import Literal
 
@@ -66,6 +67,39 @@ _EMBEDDING_VISION_FIELDS: tuple[str, ...] = (
     "hidden_act",
     "layer_norm_eps",
 )
+
+# Upper bounds on the backbone's sizes, far above any CLIP, so that a tampered `config.json` cannot make model
+# construction allocate tens of gigabytes before a single weight is read (e.g. `image_size: 60000`).
+_MAX_BACKBONE_SIZES: dict[str, int] = {
+    "hidden_size": 16384,
+    "intermediate_size": 65536,
+    "num_hidden_layers": 256,
+    "num_attention_heads": 256,
+}
+_MAX_PATCHES = 4096  # (image_size / patch_size) ** 2: 64 x 64 patches, e.g. ViT-B/16 at 1024 px
+_MAX_TEXT_POSITIONS = 4096
+_MAX_VOCABULARY = 1_000_000
+
+
+def _validate_backbone(backbone: CLIPConfig) -> None:
+    """Sizes of the CLIP towers: positive integers below bounds no real CLIP reaches."""
+    for tower_name in ("vision_config", "text_config"):
+        tower = getattr(backbone, tower_name)
+        for name, high in _MAX_BACKBONE_SIZES.items():
+            check_number(f"backbone_config.{tower_name}.{name}", getattr(tower, name), integer=True, low=1, high=high)
+    vision, text = backbone.vision_config, backbone.text_config
+    check_number("backbone_config.vision_config.patch_size", vision.patch_size, integer=True, low=1)
+    side = math.isqrt(_MAX_PATCHES) * vision.patch_size
+    check_number("backbone_config.vision_config.image_size", vision.image_size, integer=True, low=1, high=side)
+    check_number(
+        "backbone_config.text_config.max_position_embeddings",
+        text.max_position_embeddings,
+        integer=True,
+        low=1,
+        high=_MAX_TEXT_POSITIONS,
+    )
+    check_number("backbone_config.text_config.vocab_size", text.vocab_size, integer=True, low=1, high=_MAX_VOCABULARY)
+    check_number("backbone_config.projection_dim", backbone.projection_dim, integer=True, low=1, high=16384)
 
 
 class RetinaScanConfig(PreTrainedConfig):
@@ -204,7 +238,8 @@ class RetinaScanConfig(PreTrainedConfig):
         for name in ("coral_loss_weight", "prototype_loss_weight", "focal_gamma", "initializer_range"):
             check_number(name, getattr(self, name), low=0)
         check_number("projection_dropout", self.projection_dropout, low=0, high=1, high_open=True)
-        check_number("projection_hidden_size", self.projection_hidden_size, integer=True, low=1)
+        check_number("projection_hidden_size", self.projection_hidden_size, integer=True, low=1, high=65536)
+        _validate_backbone(self.backbone_config)
         check_number("knn_k", self.knn_k, integer=True, low=1)  # capped at the bank's size when used
         check_choice("knn_weighting", self.knn_weighting, ("uniform", "distance"))
         check_flag("freeze_backbone", self.freeze_backbone)

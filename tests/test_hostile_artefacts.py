@@ -82,6 +82,25 @@ def test_tampered_config_fails_at_load_naming_file_and_field(folder, field, valu
     assert "config.json" in str(info.value) and info.value.field.split("[")[0] == field
 
 
+@pytest.mark.parametrize(
+    ("tower", "field", "value"),
+    [
+        ("vision_config", "image_size", 60000),
+        ("vision_config", "patch_size", 0),
+        ("vision_config", "num_hidden_layers", 10**6),
+        ("text_config", "vocab_size", 10**9),
+        ("text_config", "hidden_size", -32),
+    ],
+)
+def test_backbone_sizes_that_would_exhaust_memory_fail_at_load(folder, tower, field, value):
+    """A tampered backbone size must fail before model construction allocates anything."""
+    config = json.loads((folder / "config.json").read_text())
+    config["backbone_config"][tower][field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidArtefactError, match=rf"config\.json: backbone_config\.{tower}\.{field}"):
+        load_pipeline(folder)
+
+
 def test_a_tampered_config_stops_the_whole_loader(folder):
     edit_json(folder / "config.json", ordinal_temperature=NAN)
     with pytest.raises(InvalidArtefactError, match=r"config\.json: ordinal_temperature"):
