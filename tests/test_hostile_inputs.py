@@ -28,6 +28,7 @@ from retinascan_hf import (
     RetinaScanPipeline,
     load_pipeline,
 )
+from retinascan_hf.image_processing_retinascan import FOCUS_ANALYSIS_SIZE
 from retinascan_hf.synthetic import render_fundus
 from retinascan_hf.tiny_clip import random_retinascan
 
@@ -254,10 +255,12 @@ def test_a_jpeg_above_the_pixel_budget_is_decoded_at_reduced_scale(tmp_path):
     path = _disc_file(tmp_path / "big.jpg", quality=90)
     processor = RetinaScanImageProcessor(size=32, max_decoded_pixels=1_000_000)
     with Image.open(path) as image:
-        image.draft("RGB", (1000, 750))
-        drafted = np.asarray(image.convert("RGB").reduce(750 // 64))
+        image.draft("RGB", (1000, 750))  # the decoder's 1/2 scale: 0.75 MP
+        drafted = image.convert("RGB")
+    reduce_to = max(processor.output_size * processor.DECODE_OVERSAMPLING, FOCUS_ANALYSIS_SIZE)
+    expected = np.asarray(drafted.reduce(min(drafted.size) // reduce_to))
     decoded = processor.load(str(path))
-    assert decoded.width * decoded.height <= 1_000_000 and np.array_equal(np.asarray(decoded), drafted)
+    assert decoded.width * decoded.height <= 1_000_000 and np.array_equal(np.asarray(decoded), expected)
     assert processor(path.read_bytes())["pixel_values"].shape == (1, 3, 32, 32)
 
 
