@@ -5,15 +5,23 @@ edges and an off-centre disc; public data sets come in every PIL mode, with EXIF
 12-16 MP JPEGs. This processor turns all of that into CLIP-ready tensors, and turns inputs it cannot
 use into typed errors that name the input instead of crashing deep inside PIL or torch.
 
+It follows transformers' image-processor conventions where they apply to fundus photographs: PIL images,
+numpy arrays and torch tensors (HW, HWC or CHW; a 4-D array or tensor is a batch), and the standard per-call
+overrides (`size`, `resample`, `do_convert_rgb`, `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean`,
+`image_std`, `input_data_format`, `data_format`, `return_tensors`). Its output always has 3 channels, because the
+CLIP backbone takes RGB: `do_convert_rgb=False` refuses non-RGB input rather than passing 1 or 4 channels on.
+
 This file is copied verbatim into model repositories as remote code: it imports third-party packages, the
 standard library and (relatively) `validation_retinascan`.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import http.client
 import io
+import numbers
 import os
 import re
 import socket
@@ -23,13 +31,13 @@ import urllib.request
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from transformers.utils import IMAGE_PROCESSOR_NAME
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ChannelDimension
+from transformers.utils import IMAGE_PROCESSOR_NAME, TensorType, is_torch_tensor
 
 from .validation_retinascan import InvalidArtefactError, check_choice, check_flag, check_number, check_numbers
 
@@ -60,6 +68,8 @@ def describe_input(source: Any) -> str:
         return f"<PIL image mode={source.mode} size={source.size}>"
     if isinstance(source, np.ndarray):
         return f"<array shape={source.shape} dtype={source.dtype}>"
+    if is_torch_tensor(source):
+        return f"<tensor shape={tuple(source.shape)} dtype={source.dtype}>"
     if isinstance(source, bytes):
         return f"<{len(source)} bytes>"
     return f"<{type(source).__name__}>"
@@ -193,9 +203,24 @@ def _rescale_to_uint8(array: np.ndarray, full_scale: float) -> np.ndarray:
     return np.clip(np.round(array.astype(np.float64) / full_scale * 255.0), 0, 255).astype(np.uint8)
 
 
-def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
-    """Accept HW, HWC or CHW arrays of uint8, uint16, other integers in [0, 65535] or floats in [0, 1]."""
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+def _tensor_to_array(tensor: Any) -> np.ndarray:
+    """A torch tensor's values as a numpy array (on the CPU; half precision widened, which numpy lacks)."""
+    tensor = tensor.detach().cpu()
+    if tensor.is_floating_point() and tensor.element_size() < 4:
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
+def _array_to_pil(array: np.ndarray, name: str, input_data_format: str | None = None) -> Image.Image:
+    """Accept HW, HWC or CHW arrays of uint8, uint16, other integers in [0, 65535] or floats in [0, 1].
+
+    `input_data_format` (`"channels_first"` / `"channels_last"`) says where the channels of a 3-D array are; by
+    default a leading axis of 1, 3 or 4 that is not also the last axis size is read as channels.
+    """
+    channels_first = array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4)
+    if input_data_format is not None:
+        channels_first = array.ndim == 3 and ChannelDimension(input_data_format) == ChannelDimension.FIRST
+    if channels_first:
         array = np.moveaxis(array, 0, -1)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
@@ -291,19 +316,25 @@ def load_fundus_image(
     min_image_size: int = 8,
     timeout: float = 30.0,
     max_download_bytes: int = 64 * 2**20,
+    do_convert_rgb: bool = True,
+    input_data_format: str | None = None,
 ) -> Image.Image:
     """Decode `source` into an upright RGB PIL image, or raise a [`RetinaScanInputError`] naming it.
 
-    Every input form ends in the same pixels, so a path, its bytes, the PIL image `datasets` yields and a numpy
-    array of one picture are graded alike: files are decoded at full resolution (as callers decode the images
-    they pass), then every image is reduced by an integer box filter to at least `reduce_to` pixels on its
-    shorter side. The one exception is a file above the pixel budget `max_decoded_pixels`: a JPEG is then
+    Every input form ends in the same pixels, so a path, its bytes, the PIL image `datasets` yields, a numpy
+    array and a tensor of one picture are graded alike: files are decoded at full resolution (as callers decode
+    the images they pass), then every image is reduced by an integer box filter to at least `reduce_to` pixels
+    on its shorter side. The one exception is a file above the pixel budget `max_decoded_pixels`: a JPEG is then
     decoded at a DCT-scaled fraction of its size, any other format is refused ([`ImageTooLargeError`]), as is
-    anything declaring more than `max_image_pixels`.
+    anything declaring more than `max_image_pixels`. Any PIL mode is converted to RGB unless
+    `do_convert_rgb=False`, which refuses non-RGB images instead. `input_data_format` is the channel layout of
+    array and tensor inputs.
     """
     name = describe_input(source)
+    if is_torch_tensor(source):
+        source = _tensor_to_array(source)
     if isinstance(source, np.ndarray):
-        image = _array_to_pil(source, name)
+        image = _array_to_pil(source, name, input_data_format)
     elif isinstance(source, (str, os.PathLike, bytes, Image.Image)):
         try:
             with warnings.catch_warnings():
@@ -320,7 +351,9 @@ def load_fundus_image(
         except OSError as error:
             raise InvalidImageError(f"Could not read {name}: {error}") from error
     else:
-        raise InvalidImageError(f"Unsupported input {name}: pass a path, URL, bytes, PIL image or numpy array.")
+        raise InvalidImageError(
+            f"Unsupported input {name}: pass a path, URL, bytes, PIL image, numpy array or torch tensor."
+        )
 
     width, height = image.size
     if max_image_pixels is not None and width * height > max_image_pixels:
@@ -335,6 +368,10 @@ def load_fundus_image(
             _decode_within_budget(image, name, max_decoded_pixels, owned=not isinstance(source, Image.Image))
         image = _upright(image)
         image.load()
+        if not do_convert_rgb and image.mode != "RGB":
+            raise InvalidImageError(
+                f"Image {name} has mode {image.mode}, not RGB, and do_convert_rgb=False: the backbone takes 3 channels."
+            )
         image = _to_rgb(image)
     except OSError as error:  # truncated or corrupt pixel data only shows up when decoding
         raise InvalidImageError(f"Could not decode {name}: {error}") from error
@@ -529,18 +566,56 @@ class PreparedFundus:
     problems: list[str]
 
 
-def _listed(value: Any, default: Sequence[float]) -> Any:
-    """A list copy of a sequence (`default` for `None`); anything else is kept for `_validate` to refuse."""
-    if value is None:
-        return list(default)
-    return list(value) if isinstance(value, (list, tuple)) else value
+class RetinaScanImageProcessorKwargs(TypedDict, total=False):
+    """The per-call overrides `RetinaScanImageProcessor.preprocess` accepts (transformers' `valid_kwargs`): the
+    standard image-processor options that apply to a square RGB output, plus `do_crop_fundus` and `timeout`.
+    Safety limits (`max_image_pixels`, `min_image_size`) and the fundus detector's settings are set per processor,
+    not per call."""
+
+    do_convert_rgb: bool
+    size: int | dict[str, int]
+    resample: int
+    do_crop_fundus: bool
+    do_rescale: bool
+    rescale_factor: float
+    do_normalize: bool
+    image_mean: float | Sequence[float]
+    image_std: float | Sequence[float]
+    input_data_format: str | ChannelDimension | None
+    data_format: str | ChannelDimension
+    return_tensors: str | TensorType | None
+    timeout: float | None
+
+
+# Options of one call that are not processor attributes (besides `return_tensors`).
+_CALL_ONLY_OPTIONS = ("input_data_format", "data_format", "timeout")
+
+
+def _per_channel(value: Any, name: str, **bounds: Any) -> list[float]:
+    """A normalisation statistic as 3 floats (one per RGB channel); a single number applies to all three."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = [value] * 3
+    return [float(item) for item in check_numbers(name, value, length=3, **bounds)]
+
+
+def _as_batch(images: Any) -> list:
+    """One input, a list of inputs, or a 4-D array/tensor (a batch along its first axis), as a list."""
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    if (isinstance(images, np.ndarray) or is_torch_tensor(images)) and images.ndim == 4:
+        return list(images)
+    return [images]
 
 
 class RetinaScanImageProcessor(BaseImageProcessor):
     r"""Turns fundus photographs into normalised `pixel_values` for a RetinaScan (CLIP) backbone.
 
-    Every value is checked (type and range) when the processor is built or loaded: a tampered
-    `preprocessor_config.json` fails there, naming the file and the field, not on the first image.
+    Every argument below can also be given to a single call (see [`RetinaScanImageProcessorKwargs`]), except the
+    safety limits, the fundus detector's and the quality check's settings. Every value is checked (type and range)
+    when the processor is built or loaded: a tampered `preprocessor_config.json` fails there, naming the file and
+    the field, not on the first image.
 
     Args:
         size (`dict` or `int`, defaults to `{"height": 224, "width": 224}`):
@@ -555,8 +630,13 @@ class RetinaScanImageProcessor(BaseImageProcessor):
             A frame whose brightness varies less (standard deviation, 0-1 scale) is blank: [`NoFundusFoundError`].
         resample (`int`, defaults to `PIL.Image.BICUBIC`):
             Resampling filter for the final resize.
+        do_convert_rgb (`bool`, defaults to `True`):
+            Convert any image mode to RGB (transparency becomes black); `False` refuses non-RGB images.
+        do_rescale (`bool`, defaults to `True`), rescale_factor (`float`, defaults to `1/255`):
+            Scale 8-bit pixel values to [0, 1] before normalisation.
         do_normalize (`bool`, defaults to `True`), image_mean, image_std:
-            CLIP normalisation (OpenAI CLIP statistics by default); every `image_std` entry must be positive.
+            CLIP normalisation (OpenAI CLIP statistics by default); 3 values each, or one for all channels; every
+            `image_std` entry must be positive.
         max_image_pixels (`int`, defaults to 100_000_000):
             Images declaring more pixels are refused before decoding ([`ImageTooLargeError`]).
         max_decoded_pixels (`int`, defaults to 40_000_000):
@@ -585,6 +665,7 @@ class RetinaScanImageProcessor(BaseImageProcessor):
     """
 
     model_input_names = ["pixel_values"]
+    valid_kwargs = RetinaScanImageProcessorKwargs
     # Decoded images are reduced to at least twice the output size: the fundus crop can be smaller than the
     # frame, and the final resize then still downsamples (sharper than upsampling a minimal decode).
     DECODE_OVERSAMPLING = 2
@@ -598,9 +679,12 @@ class RetinaScanImageProcessor(BaseImageProcessor):
         min_fundus_fraction: float = 0.1,
         min_fundus_contrast: float = 0.02,
         resample: int = Image.Resampling.BICUBIC,
+        do_convert_rgb: bool = True,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
         do_normalize: bool = True,
-        image_mean: Sequence[float] | None = None,
-        image_std: Sequence[float] | None = None,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
         max_image_pixels: int = 100_000_000,
         max_decoded_pixels: int = 40_000_000,
         min_image_size: int = 8,
@@ -616,16 +700,18 @@ class RetinaScanImageProcessor(BaseImageProcessor):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        size = 224 if size is None else size
-        self.size = {"height": size, "width": size} if isinstance(size, int) and not isinstance(size, bool) else size
+        self.size = 224 if size is None else size
         self.do_crop_fundus = do_crop_fundus
         self.fundus_threshold = fundus_threshold
         self.min_fundus_fraction = min_fundus_fraction
         self.min_fundus_contrast = min_fundus_contrast
         self.resample = resample
+        self.do_convert_rgb = do_convert_rgb
+        self.do_rescale = do_rescale
+        self.rescale_factor = rescale_factor
         self.do_normalize = do_normalize
-        self.image_mean = _listed(image_mean, OPENAI_CLIP_MEAN)
-        self.image_std = _listed(image_std, OPENAI_CLIP_STD)
+        self.image_mean = OPENAI_CLIP_MEAN if image_mean is None else image_mean
+        self.image_std = OPENAI_CLIP_STD if image_std is None else image_std
         self.max_image_pixels = max_image_pixels
         self.max_decoded_pixels = max_decoded_pixels
         self.min_image_size = min_image_size
@@ -638,10 +724,14 @@ class RetinaScanImageProcessor(BaseImageProcessor):
         self.min_focus = min_focus
         self.max_overexposed_fraction = max_overexposed_fraction
         self.max_underexposed_fraction = max_underexposed_fraction
-        self._validate()
+        self._standardise()
 
-    def _validate(self) -> None:
-        """Type and range of every field (the JSON file is untrusted input)."""
+    def _standardise(self) -> None:
+        """Bring the settings to their canonical types (square `size` dict, 3-value statistics) and check the type
+        and range of every one (a JSON file is untrusted input); run on construction and on every per-call
+        override."""
+        if isinstance(self.size, int) and not isinstance(self.size, bool):
+            self.size = {"height": self.size, "width": self.size}
         if not isinstance(self.size, dict) or sorted(self.size) != ["height", "width"]:
             raise InvalidArtefactError(
                 f"size must be an integer or {{height, width}}, got {self.size!r}.", field="size"
@@ -649,13 +739,16 @@ class RetinaScanImageProcessor(BaseImageProcessor):
         for side in ("height", "width"):
             check_number(f"size.{side}", self.size[side], integer=True, low=8, high=self.MAX_OUTPUT_SIZE)
         if self.size["height"] != self.size["width"]:
-            raise InvalidArtefactError(f"RetinaScan expects a square output size, got {self.size}.", field="size")
-        for name in ("do_crop_fundus", "do_normalize", "do_quality_check"):
+            raise InvalidArtefactError(
+                f"RetinaScan expects a square output size (height == width), got {self.size!r}.", field="size"
+            )
+        self.size = {"height": int(self.size["height"]), "width": int(self.size["width"])}
+        for name in ("do_crop_fundus", "do_convert_rgb", "do_rescale", "do_normalize", "do_quality_check"):
             check_flag(name, getattr(self, name))
-        check_choice("resample", self.resample, [int(member) for member in Image.Resampling])
-        self.resample = int(self.resample)
-        check_numbers("image_mean", self.image_mean, length=3)
-        check_numbers("image_std", self.image_std, length=3, low=0, low_open=True)
+        self.resample = int(check_choice("resample", self.resample, [int(member) for member in Image.Resampling]))
+        self.image_mean = _per_channel(self.image_mean, "image_mean")
+        self.image_std = _per_channel(self.image_std, "image_std", low=0, low_open=True)
+        check_number("rescale_factor", self.rescale_factor, low=0, low_open=True)
         unit_interval = {
             "fundus_threshold": {"high_open": True},
             "min_fundus_fraction": {"low_open": True},
@@ -683,13 +776,28 @@ class RetinaScanImageProcessor(BaseImageProcessor):
             location = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
             raise error.in_file(os.path.join(location, IMAGE_PROCESSOR_NAME)) from error
 
+    def _with_overrides(self, **overrides: Any) -> RetinaScanImageProcessor:
+        """A copy of this processor with one call's overrides applied (this instance is left as it is); `None`
+        keeps the processor's own setting, as in transformers' image processors."""
+        overrides = {name: value for name, value in overrides.items() if value is not None}
+        if not overrides:
+            return self
+        processor = copy.copy(self)
+        for name, value in overrides.items():
+            setattr(processor, name, value)
+        processor._standardise()
+        return processor
+
     @property
     def output_size(self) -> int:
         return self.size["height"]
 
-    def load(self, source: FundusInput, timeout: float | None = None) -> Image.Image:
-        """Decode one input with this processor's safety limits, reduced to about twice the output size (and
-        never below the quality check's analysis size, so its measurements do not depend on the output size)."""
+    def load(
+        self, source: FundusInput, timeout: float | None = None, input_data_format: str | None = None
+    ) -> Image.Image:
+        """Decode one input with this processor's safety limits and RGB conversion, reduced to about twice the
+        output size (and never below the quality check's analysis size, so its measurements do not depend on the
+        output size)."""
         return load_fundus_image(
             source,
             reduce_to=max(self.output_size * self.DECODE_OVERSAMPLING, FOCUS_ANALYSIS_SIZE),
@@ -698,6 +806,8 @@ class RetinaScanImageProcessor(BaseImageProcessor):
             min_image_size=self.min_image_size,
             timeout=self.download_timeout if timeout is None else timeout,
             max_download_bytes=self.max_download_bytes,
+            do_convert_rgb=self.do_convert_rgb,
+            input_data_format=input_data_format,
         )
 
     def crop_fundus(self, image: Image.Image, name: str = "<image>") -> Image.Image:
@@ -718,9 +828,12 @@ class RetinaScanImageProcessor(BaseImageProcessor):
         side = self.output_size
         return image.resize((side, side), resample=Image.Resampling(self.resample))
 
-    def to_model_image(self, source: FundusInput, timeout: float | None = None) -> Image.Image:
+    def to_model_image(
+        self, source: FundusInput, timeout: float | None = None, input_data_format: str | None = None
+    ) -> Image.Image:
         """The exact RGB picture the model sees (before normalisation); also used for overlays."""
-        return self._model_picture(self.load(source, timeout=timeout), describe_input(source))
+        image = self.load(source, timeout=timeout, input_data_format=input_data_format)
+        return self._model_picture(image, describe_input(source))
 
     def quality_problems(self, quality: FundusQuality) -> list[str]:
         """Why a picture with these measurements should not be graded, judged by this processor's thresholds."""
@@ -752,13 +865,15 @@ class RetinaScanImageProcessor(BaseImageProcessor):
         )
         return [problem for failed, problem in checks if failed]
 
-    def prepare(self, source: FundusInput, timeout: float | None = None) -> PreparedFundus:
+    def prepare(
+        self, source: FundusInput, timeout: float | None = None, input_data_format: str | None = None
+    ) -> PreparedFundus:
         """Decode one input into the model's picture and judge its gradability (field of view, focus, exposure).
 
         Raises like [`to_model_image`] for inputs that are not usable images; a usable image that fails a
         quality threshold is returned with its `problems`, for the caller to flag rather than grade.
         """
-        image = self.load(source, timeout=timeout)
+        image = self.load(source, timeout=timeout, input_data_format=input_data_format)
         picture = self._model_picture(image, describe_input(source))
         if not self.do_quality_check:
             return PreparedFundus(picture, None, [])
@@ -767,33 +882,43 @@ class RetinaScanImageProcessor(BaseImageProcessor):
 
     def normalize_image(self, image: Image.Image) -> np.ndarray:
         """RGB PIL image -> float32 CHW array, rescaled to [0, 1] and CLIP-normalised."""
-        array = np.asarray(image, dtype=np.float32) / 255.0
+        array = np.asarray(image, dtype=np.float32)
+        if self.do_rescale:
+            array = array * np.float32(self.rescale_factor)
         if self.do_normalize:
             array = (array - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
         return np.ascontiguousarray(array.transpose(2, 0, 1))
 
-    def preprocess(
-        self,
-        images: FundusInput | Sequence[FundusInput],
-        return_tensors: str | None = "pt",
-        timeout: float | None = None,
-        **kwargs,
-    ) -> BatchFeature:
-        """Process one input or a list of inputs into `pixel_values` of shape `[B, 3, size, size]`.
+    def preprocess(self, images: FundusInput | Sequence[FundusInput], **kwargs: Any) -> BatchFeature:
+        """Process one input, a list of inputs, or a 4-D array/tensor batch into `pixel_values` `[B, 3, size, size]`.
 
-        Any bad input raises; the pipeline, which must not lose a batch to one bad item, calls
-        [`prepare`] per item instead.
+        Keyword arguments override this processor's settings for this call (see
+        [`RetinaScanImageProcessorKwargs`]); `return_tensors` defaults to `"pt"`, `data_format` to
+        `"channels_first"`. Unknown arguments raise `TypeError`, as in transformers' image processors. Any bad input
+        raises; the pipeline, which must not lose a batch to one bad item, calls [`prepare`] per item instead.
         """
-        if kwargs:
-            raise TypeError(f"Unexpected arguments for RetinaScanImageProcessor: {sorted(kwargs)}.")
-        if isinstance(images, (list, tuple)):
-            if not images:
-                raise InvalidImageError("Received an empty list of images.")
-            batch = list(images)
-        else:
-            batch = [images]
-        arrays = [self.normalize_image(self.to_model_image(item, timeout=timeout)) for item in batch]
-        return BatchFeature(data={"pixel_values": np.stack(arrays)}, tensor_type=return_tensors)
+        unknown = sorted(set(kwargs) - set(self.valid_kwargs.__annotations__))
+        if unknown:
+            raise TypeError(
+                f"Unexpected arguments for RetinaScanImageProcessor: {unknown}; "
+                f"supported: {sorted(self.valid_kwargs.__annotations__)}."
+            )
+        return_tensors = kwargs.pop("return_tensors", "pt")
+        call = {name: kwargs.pop(name, None) for name in _CALL_ONLY_OPTIONS}
+        processor = self._with_overrides(**kwargs)
+        batch = _as_batch(images)
+        if not batch:
+            raise InvalidImageError("Received an empty list of images.")
+        arrays = [
+            processor.normalize_image(
+                processor.to_model_image(item, timeout=call["timeout"], input_data_format=call["input_data_format"])
+            )
+            for item in batch
+        ]
+        pixel_values = np.stack(arrays)
+        if call["data_format"] is not None and ChannelDimension(call["data_format"]) == ChannelDimension.LAST:
+            pixel_values = np.ascontiguousarray(pixel_values.transpose(0, 2, 3, 1))
+        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
 
     def __call__(self, images, **kwargs) -> BatchFeature:
         return self.preprocess(images, **kwargs)
@@ -813,6 +938,7 @@ __all__ = [
     "NoFundusFoundError",
     "PreparedFundus",
     "RetinaScanImageProcessor",
+    "RetinaScanImageProcessorKwargs",
     "RetinaScanInputError",
     "assess_fundus_quality",
     "find_fundus_box",

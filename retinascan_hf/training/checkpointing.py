@@ -3,13 +3,15 @@
 A checkpoint holds what training changes and nothing else: the trainable parameters and persistent buffers
 (a frozen ViT-B/16 tower is 600 MB that never changes; re-writing it every epoch would cost more than the
 epoch), the optimizer, scheduler, gradient scaler and every process's RNG states (Accelerate), the balanced
-sampler's seed and epoch, and the loop position (`TrainingProgress`). Folder names sort by optimizer step,
+sampler's seed and epoch, the loop position (`TrainingProgress`), and the metrics of every completed epoch
+(`history.json`, so that `metrics.json` after a resume holds the whole run). Folder names sort by optimizer step,
 `checkpoints/step-00001234`; a folder that exists under its final name is complete, because it only got that
 name by a rename after every process finished writing.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import asdict, dataclass
@@ -26,6 +28,7 @@ from ..atomic_io import atomic_directory
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
 WEIGHTS_NAME = "model.safetensors"  # what Accelerate's save_state names the first model's weights
 BEST_WEIGHTS_NAME = "trainable.safetensors"
+HISTORY_NAME = "history.json"
 
 
 @dataclass
@@ -37,6 +40,8 @@ class TrainingProgress:
         batch_in_epoch: batches of `epoch` already trained (non-zero only for mid-epoch checkpoints).
         global_step: optimizer steps taken.
         best_qwk, best_epoch: the best validation QWK so far and the epoch that reached it.
+        epoch_loss_sum, epoch_loss_batches: training loss summed over the batches of `epoch` trained before a
+            mid-epoch checkpoint (all processes), and their number.
     """
 
     epoch: int = 0
@@ -44,6 +49,8 @@ class TrainingProgress:
     global_step: int = 0
     best_qwk: float = float("-inf")
     best_epoch: int = -1
+    epoch_loss_sum: float = 0.0
+    epoch_loss_batches: int = 0
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,9 +109,15 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(path for path in root.iterdir() if path.is_dir() and CHECKPOINT_PATTERN.match(path.name))
 
 
-def save_checkpoint(accelerator: Accelerator, root: Path, global_step: int, keep: int) -> Path:
-    """`accelerator.save_state` (all processes write their RNG state) into a staging folder that the main
-    process renames into place; then only the newest `keep` checkpoints are kept."""
+def save_checkpoint(
+    accelerator: Accelerator,
+    root: Path,
+    global_step: int,
+    keep: int,
+    history: list[dict[str, float]] | None = None,
+) -> Path:
+    """`accelerator.save_state` (all processes write their RNG state) and the epoch `history` (JSON) into a
+    staging folder that the main process renames into place; then only the newest `keep` checkpoints are kept."""
     final = root / f"step-{global_step:08d}"
     staging = root / f".{final.name}.tmp"
     if accelerator.is_main_process:
@@ -114,6 +127,7 @@ def save_checkpoint(accelerator: Accelerator, root: Path, global_step: int, keep
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        (staging / HISTORY_NAME).write_text(json.dumps(history or [], indent=1))
         if final.exists():  # the same step, re-reached after a resume: identical content
             shutil.rmtree(final)
         staging.rename(final)
@@ -121,6 +135,25 @@ def save_checkpoint(accelerator: Accelerator, root: Path, global_step: int, keep
             shutil.rmtree(stale)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_history(checkpoint: Path) -> list[dict[str, float]]:
+    """The epoch metrics saved with a checkpoint: a JSON list of `{name: number}`, checked as it is read.
+    (A checkpoint written before histories were saved has none: an empty history.)"""
+    path = checkpoint / HISTORY_NAME
+    if not path.is_file():
+        return []
+    try:
+        history = json.loads(path.read_text())  # NaN (an undefined QWK) round-trips as in json.dumps
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is not a readable epoch history: {error}") from error
+    if not isinstance(history, list) or not all(
+        isinstance(epoch, dict)
+        and all(isinstance(value, int | float) and not isinstance(value, bool) for value in epoch.values())
+        for epoch in history
+    ):
+        raise ValueError(f"{path} must hold a list of {{metric: number}} objects, one per epoch.")
+    return history
 
 
 def save_best_weights(model: nn.Module, directory: Path, metadata: dict[str, str]) -> None:
@@ -144,6 +177,7 @@ __all__ = [
     "TrainingProgress",
     "list_checkpoints",
     "load_best_weights",
+    "load_history",
     "load_trainable_state",
     "register_trainable_checkpointing",
     "save_best_weights",
