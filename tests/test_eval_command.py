@@ -137,7 +137,9 @@ def test_one_backbone_pass_serves_every_mode_and_training_features_are_reused(
     root, corpus, model_dir = trained
     settings = EvaluationSettings(cache_dir=str(tmp_path / "cache"), n_bootstrap=0, progress=False)
     first = evaluate_model(model_dir, root / "corpus", tmp_path / "a", settings)
-    assert sum(count_backbone_forwards) == len(corpus["test"])  # six modes, one forward per image
+    # six modes, one pass: each image once, in forwards of one fixed shape (the last padded; see
+    # `fixed_shape_features`), so features never depend on the images sharing a forward
+    assert count_backbone_forwards == [settings.batch_size] * -(-len(corpus["test"]) // settings.batch_size)
     assert first.report["feature_cache"]["computed"] == len(corpus["test"])
     count_backbone_forwards.clear()
     evaluate_model(model_dir, root / "corpus", tmp_path / "b", settings)

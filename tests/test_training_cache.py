@@ -36,7 +36,9 @@ def test_second_run_with_the_same_backbone_computes_no_backbone_forward(tmp_path
     images = {name: sum(counts) for name, counts in COUNTS.items()}
     expected = images["train"] * 2 + images["validation"] + images["test"]  # n_views=2 for train only
     assert first.metrics["feature_cache"]["total"] == {"computed": expected, "reused": 0}
-    assert sum(count_backbone_forwards) == expected
+    # every forward has the fixed shape (the last of each split padded): features never depend on batch companions
+    assert set(count_backbone_forwards) == {16}
+    assert expected <= sum(count_backbone_forwards) < expected + 16 * len(COUNTS)
 
     count_backbone_forwards.clear()
     second = run_training(

@@ -9,6 +9,7 @@ from ..lazy import lazy_attributes
 _EXPORTS = {
     "ADAPTERS": "adapters",
     "build_corpus": "build",
+    "EmptySourceError": "build",
     "read_sources": "build",
     "corpus_features": "dataset",
     "corpus_card": "hub",

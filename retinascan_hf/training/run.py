@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 
-from ..atomic_io import write_json_atomically
+from ..atomic_io import recover_directory, write_json_atomically
 from ..configuration_retinascan import ICDR_LABELS
 from ..corpus import SPLITS
 from ..image_processing_retinascan import RetinaScanImageProcessor
@@ -63,6 +63,7 @@ def load_corpus(path: str | None) -> datasets.DatasetDict:
     """The corpus `DatasetDict`, checked for the splits and columns training reads."""
     if not path:
         raise ValueError("No corpus given: pass --data DIR (a DatasetDict saved by `retinascan data build`).")
+    recover_directory(path)  # a build killed while replacing this folder left it aside
     if not Path(path).is_dir():
         raise FileNotFoundError(
             f"Corpus folder {path} does not exist: pass --data DIR, a folder `retinascan data build` wrote."

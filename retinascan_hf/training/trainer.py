@@ -32,8 +32,8 @@ from ..modeling_retinascan import RetinaScanModel
 from .checkpointing import (
     TrainingProgress,
     list_checkpoints,
+    load_checkpoint,
     load_history,
-    register_trainable_checkpointing,
     save_best_weights,
     save_checkpoint,
 )
@@ -191,7 +191,6 @@ class RetinaScanTrainer:
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
         self.progress = TrainingProgress()
         accelerator.register_for_checkpointing(self.sampler, self.progress)
-        register_trainable_checkpointing(accelerator)
         self.history: list[dict[str, float]] = []
         accelerator.init_trackers(RUN_NAME, config=_loggable(config.to_dict()))
 
@@ -205,7 +204,7 @@ class RetinaScanTrainer:
         if not checkpoints:
             logger.info("No checkpoint under %s: starting from scratch.", self.checkpoint_dir)
             return None
-        self.accelerator.load_state(str(checkpoints[-1]))
+        load_checkpoint(self.accelerator, checkpoints[-1])
         self.history = load_history(checkpoints[-1])
         logger.info(
             "Resumed from %s: epoch %d, batch %d, step %d.",
