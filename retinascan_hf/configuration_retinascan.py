@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 from typing import Any, ClassVar, Literal
 
@@ -289,13 +290,17 @@ class RetinaScanConfig(PreTrainedConfig):
         if not isinstance(self.conformal_scores, dict):
             raise InvalidArtefactError("conformal_scores must map modes to lists of scores.", field="conformal_scores")
         for mode, scores in self.conformal_scores.items():
-            values = check_numbers(f"conformal_scores[{mode!r}]", scores, low=0.0, high=2.0)
-            if not 0 < len(values) <= size:
+            if isinstance(scores, (str, bytes)) or not isinstance(scores, (list, tuple)):
                 raise InvalidArtefactError(
-                    f"conformal_scores[{mode!r}] holds {len(values)} scores for {size} images.",
+                    f"conformal_scores[{mode!r}] must be a list of scores.", field="conformal_scores"
+                )
+            if not 0 < len(scores) <= size:
+                raise InvalidArtefactError(
+                    f"conformal_scores[{mode!r}] holds {len(scores)} scores for {size} images.",
                     field="conformal_scores",
                 )
-            if values != sorted(values):
+            valid = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and 0.0 <= v <= 2.0 for v in scores)
+            if not valid or list(scores) != sorted(scores):  # `0 <= nan` is false: NaN is refused here too
                 raise InvalidArtefactError(
                     f"conformal_scores[{mode!r}] must be sorted probability masses in [0, 2].", field="conformal_scores"
                 )

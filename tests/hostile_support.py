@@ -22,6 +22,19 @@ from retinascan_hf.feature_bank import FEATURE_BANK_NAME, OODReference
 from retinascan_hf.tiny_clip import random_retinascan
 
 GRADES = [0, 1, 2, 3, 4]
+# Every pipeline result holds exactly these keys (more only when asked for: top_k, neighbors, heatmap).
+RESULT_KEYS = {
+    "grade",
+    "label",
+    "scores",
+    "referable",
+    "mode",
+    "gradable",
+    "grade_set",
+    "ood_score",
+    "reason",
+    "error_type",
+}
 
 
 def build_model_folder(directory: Path, images: Sequence[Image.Image], ood_threshold: float = 4.0) -> Path:
@@ -90,6 +103,7 @@ def bank_path(folder: Path) -> Path:
 
 __all__ = [
     "GRADES",
+    "RESULT_KEYS",
     "bank_path",
     "build_model_folder",
     "copy_folder",

@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from hostile_support import build_model_folder
+from hostile_support import RESULT_KEYS, build_model_folder
 from PIL import Image, ImageFilter
 from training_support import small_config
 
@@ -30,8 +30,6 @@ from retinascan_hf.synthetic import (
 from retinascan_hf.tiny_clip import random_retinascan
 from retinascan_hf.training import run_training
 from retinascan_hf.training.ood import MIN_OOD_THRESHOLD, fit_ood_threshold
-
-RESULT_KEYS = {"grade", "label", "scores", "referable", "mode", "gradable", "ood_score", "reason", "error_type"}
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +158,9 @@ def test_every_result_carries_the_same_keys_in_every_mode(grader, fundus_images,
     assert low_quality["error_type"] == "LowQuality" and "not gradable" in low_quality["reason"]
     assert invalid["error_type"] == "InvalidImageError" and "corrupt.png" in invalid["reason"]
     for result in (low_quality, invalid):
-        assert (result["grade"], result["label"], result["scores"], result["referable"]) == (None,) * 4
+        assert (result["grade"], result["label"], result["scores"], result["referable"], result["grade_set"]) == (
+            None,
+        ) * 5
 
 
 @pytest.mark.parametrize("mode", ["knn", "ordinal", "prototype"])

@@ -158,7 +158,7 @@ PROCESSOR_CASES = [
     ("image_std", [0.0, 0.0, 0.0]),
     ("image_std", [0.2, NAN, 0.2]),
     ("image_mean", [0.5, 0.5]),
-    ("image_mean", 0.5),
+    ("image_mean", "0.5"),
     ("resample", 99),
     ("do_normalize", "yes"),
     ("fundus_threshold", NAN),

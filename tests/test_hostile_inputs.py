@@ -15,7 +15,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from hostile_support import build_model_folder
+from hostile_support import RESULT_KEYS, build_model_folder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -31,8 +31,6 @@ from retinascan_hf import (
 from retinascan_hf.image_processing_retinascan import FOCUS_ANALYSIS_SIZE
 from retinascan_hf.synthetic import render_fundus
 from retinascan_hf.tiny_clip import random_retinascan
-
-RESULT_KEYS = {"grade", "label", "scores", "referable", "mode", "gradable", "ood_score", "reason", "error_type"}
 
 
 @pytest.fixture(scope="module")
