@@ -12,18 +12,21 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput, logging
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, logging
 
 from .configuration_retinascan import RetinaScanConfig
 from .feature_bank import FeatureBank, NeighborResult
+from .validation_retinascan import InvalidArtefactError, check_finite_tensor
 
 # Under transformers' logger tree, so `transformers.logging.set_verbosity_*` governs these messages too.
 logger = logging.get_logger(f"transformers.{__name__}")
@@ -448,16 +451,27 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, with `freeze_backbone` applied and the weights' origin remembered.
+        """`PreTrainedModel.from_pretrained`, with `freeze_backbone` applied, the weights' origin remembered, and
+        weights that cannot be served refused.
 
         Every loading path (this class, `AutoModel`, `AutoModelForImageClassification`, remote code, pipelines) ends
         here, so this is where the backbone is frozen again after the loader replaced its parameters (see
         [`apply_backbone_freezing`]). The pipeline reads `pretrained_source` to load the feature bank from the same
         repo *and commit* as the weights: a bank from another revision would vote with embeddings of other weights.
+        A corrupt safetensors file, or weights holding NaN/inf (or a zero `feature_std`, which divides), raise naming
+        the file instead of grading every image "No DR" with NaN scores.
         Returns what transformers returns (`(model, loading_info)` with `output_loading_info=True`).
         """
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        location = os.path.join(os.fspath(pretrained_model_name_or_path or ""), kwargs.get("subfolder") or "")
+        try:
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except SafetensorError as error:
+            raise OSError(f"{_weights_file(location)} is not a readable safetensors file: {error}") from error
         model = loaded[0] if isinstance(loaded, tuple) else loaded
+        try:
+            model.check_weights()
+        except InvalidArtefactError as error:
+            raise error.in_file(_weights_file(location)) from error
         model.apply_backbone_freezing()
         # `None` (weights given as `state_dict`, nothing on disk or the Hub): there is no folder to find a bank in.
         model.pretrained_source = (
@@ -473,6 +487,14 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
             }
         )
         return loaded
+
+    def check_weights(self) -> None:
+        """Raise [`InvalidArtefactError`] naming the first parameter or buffer holding NaN/inf, or a `feature_std`
+        entry that is not positive (features are divided by it)."""
+        for name, tensor in chain(self.named_parameters(), self.named_buffers()):
+            check_finite_tensor(name, tensor)
+        if not bool((self.feature_std > 0).all()):
+            raise InvalidArtefactError("feature_std must be positive everywhere (features are divided by it).")
 
     @torch.no_grad()
     def compute_text_prototypes(self, tokenizer, descriptions: list[str] | None = None) -> torch.Tensor:
@@ -627,6 +649,13 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
             "(retinascan_hf.release.release_model)."
         )
         return super().push_to_hub(repo_id, *args, **kwargs)
+
+
+def _weights_file(location: str) -> str:
+    """The weights file of a model folder, for error messages: the shard index when the folder is sharded."""
+    if os.path.isfile(os.path.join(location, SAFE_WEIGHTS_INDEX_NAME)):
+        return os.path.join(location, SAFE_WEIGHTS_INDEX_NAME)
+    return os.path.join(location, SAFE_WEIGHTS_NAME)
 
 
 __all__ = [
