@@ -25,7 +25,7 @@ class DemoView:
         summary: Markdown with the grade, its label, the referable flag, gradability (with the reason when not
             gradable) and the conformal grade set when the model has one.
         probabilities: `{label: probability}` for Gradio's bar display (empty when not gradable).
-        overlay: the Grad-CAM overlay on the cropped fundus the model saw, when available.
+        overlay: the Grad-CAM overlay (where the model looked) on the cropped fundus the model saw.
         neighbors: rows `[similarity, grade, image_id, source]` of the bank images that voted (kNN mode).
     """
 
@@ -37,8 +37,8 @@ class DemoView:
 
 def _summary(result: dict[str, Any]) -> str:
     if not result.get("gradable"):
-        reason = result.get("reason") or result.get("error") or "the image could not be graded"
-        return f"### Not gradable\n\n{reason}"
+        score = "" if result.get("ood_score") is None else f" (out-of-distribution score {result['ood_score']:.2f})"
+        return f"### Not gradable: {result['error_type']}\n\n{result['reason']}{score}"
     lines = [
         f"### Grade {result['grade']}: {result['label']}",
         "",
@@ -70,7 +70,7 @@ def grade_photo(grader: Any, image: Image.Image | None) -> DemoView:
     labels = grader.model.config.id2label
     if image is None:
         return DemoView(summary="Upload a colour fundus photograph.")
-    return demo_view(grader(image, return_neighbors=True), labels)
+    return demo_view(grader(image, return_neighbors=True, return_heatmap=True), labels)
 
 
 def build_demo(grader: Any):
