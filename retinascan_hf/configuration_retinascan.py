@@ -167,6 +167,10 @@ class RetinaScanConfig(PreTrainedConfig):
             quantile is what lets any coverage be asked for at call time. `None`: no grade sets.
         conformal_calibration_size (`int`, *optional*):
             Number of validation images the `conformal_scores` summarise (required with them).
+        text_tower (`bool`, defaults to `True`):
+            Whether the model holds CLIP's text tower. Grading never runs it (the prototypes are a saved buffer), so
+            a release drops it (`RetinaScanModel.drop_text_tower`): 42% of a ViT-B/16 checkpoint. Without it,
+            `compute_text_prototypes` cannot run.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the normal initialisation of the heads.
     """
@@ -200,6 +204,7 @@ class RetinaScanConfig(PreTrainedConfig):
     conformal_coverage: float = 0.9
     conformal_scores: dict[str, list[float]] | None = None
     conformal_calibration_size: int | None = None
+    text_tower: bool = True
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -276,6 +281,7 @@ class RetinaScanConfig(PreTrainedConfig):
         check_number("knn_k", self.knn_k, integer=True, low=1)  # capped at the bank's size when used
         check_choice("knn_weighting", self.knn_weighting, ("uniform", "distance"))
         check_flag("freeze_backbone", self.freeze_backbone)
+        check_flag("text_tower", self.text_tower)
         if self.ood_threshold is not None:
             check_number("ood_threshold", self.ood_threshold, low=0, low_open=True)
         check_number("referable_grade", self.referable_grade, integer=True, low=1, high=self.num_labels - 1)

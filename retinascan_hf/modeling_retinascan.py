@@ -22,11 +22,14 @@ from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, logging
 
 from .configuration_retinascan import RetinaScanConfig
 from .feature_bank import FeatureBank, NeighborResult
 from .validation_retinascan import InvalidArtefactError, check_finite_tensor
+
+# Under transformers' logger tree, so `transformers.logging.set_verbosity_*` governs these messages too.
+logger = logging.get_logger(f"transformers.{__name__}")
 
 DECISION_MODES: tuple[str, ...] = ("knn", "ordinal", "prototype")
 
@@ -376,6 +379,8 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
     def __init__(self, config: RetinaScanConfig, backbone: CLIPModel | None = None):
         super().__init__(config)
         self.clip = backbone if backbone is not None else CLIPModel(config.backbone_config)
+        if not config.text_tower:
+            self._remove_text_tower()
         dim = config.embedding_dim
         self.projection = RetinaScanProjectionHead(dim, config.projection_hidden_size, config.projection_dropout)
         self.coral = RetinaScanCoralHead(dim, config.num_ordinal_tasks)
@@ -400,6 +405,20 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         """
         if self.config.freeze_backbone:
             self.clip.requires_grad_(False)
+
+    def _remove_text_tower(self) -> None:
+        # `None` rather than `del`: CLIP's weight initialisation reads `text_projection` (and skips `None`), and
+        # `state_dict` skips `None` modules, so the saved checkpoint simply has no text weights.
+        self.clip.text_model = None
+        self.clip.text_projection = None
+
+    def drop_text_tower(self) -> RetinaScanModel:
+        """Remove CLIP's text tower, which grading never runs (the prototypes are a buffer), and record that in the
+        config, so the saved model is smaller and loads without missing-weight warnings. Irreversible for this
+        instance: recomputing prototypes then needs the full backbone (`from_backbone`)."""
+        self.config.text_tower = False
+        self._remove_text_tower()
+        return self
 
     def get_input_embeddings(self) -> nn.Module:
         """The vision tower's patch embedding (a `Conv2d`), as for transformers' vision models."""
@@ -484,6 +503,11 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         New `descriptions` (one per grade) replace those in the config, so the saved model records the text
         its prototypes came from.
         """
+        if not self.config.text_tower:
+            raise ValueError(
+                "This model has no CLIP text tower (config.text_tower=False: it was dropped for release), so it cannot "
+                "embed grade descriptions. Build the model with RetinaScanModel.from_backbone(...) to recompute them."
+            )
         if descriptions is not None:
             if len(descriptions) != self.config.num_labels:
                 raise ValueError(f"Need {self.config.num_labels} descriptions, got {len(descriptions)}.")
@@ -613,6 +637,18 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             custom_object_save(RetinaScanPipeline, save_directory)
+
+    def push_to_hub(self, repo_id: str, *args, **kwargs):
+        """transformers' `push_to_hub`: weights, config and code only, so the repo lacks the processor, the feature
+        bank and a model card, and `pipeline(...)` cannot load it. That is said (a warning) every time; a complete,
+        verified release goes through `retinascan release` / `retinascan_hf.release.release_model`."""
+        logger.warning(
+            f"RetinaScanModel.push_to_hub uploads weights, config and code only: {repo_id} will lack "
+            "preprocessor_config.json, feature_bank.safetensors and a model card, so pipeline(...) cannot load it. "
+            f"Upload a complete, verified release with `retinascan release --model DIR --repo-id {repo_id}` "
+            "(retinascan_hf.release.release_model)."
+        )
+        return super().push_to_hub(repo_id, *args, **kwargs)
 
 
 def _weights_file(location: str) -> str:

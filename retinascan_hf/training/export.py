@@ -22,6 +22,7 @@ from ..feature_bank import FeatureBank, OODReference
 from ..image_processing_retinascan import RetinaScanImageProcessor
 from ..metrics.plots import save_confusion_matrix
 from ..modeling_retinascan import RetinaScanModel
+from ..release.card import write_training_card
 from .calibration import CalibrationResult, calibrate
 from .checkpointing import load_best_weights
 from .config import TrainingConfig
@@ -142,6 +143,7 @@ def finalize(
             model.save_pretrained(staging)
             processor.save_pretrained(staging)
             bank.save_pretrained(staging)
+            write_training_card(staging, model.config, metrics, data_dir=config.data, backbone=config.backbone)
         if "test" in evaluation:
             knn = evaluation["test"]["knn"]
             metrics["confusion_matrix_png"] = save_confusion_matrix(
