@@ -6,6 +6,10 @@ embeddings, int64 grades, and image ids and sources as UTF-8 byte tensors with o
 exactly like transformers resolves weights: a local folder, or a Hub repo id through the cache (revision,
 offline mode, token).
 
+The file also carries an [`OODReference`]: CLIP image embeddings of (a sample of) the training images, with
+their own leave-one-out neighbour distance, from which `ood_scores` says how far a new image lies from
+everything the model was trained on.
+
 Banks of a million rows work in bounded memory: the file is written in blocks, and read back
 memory-mapped (the embeddings and id strings stay in the page cache; only what a query touches is read).
 A 1,000,000 x 512 bank is a ~1.1 GB file. The Hub accepts files up to 50 GB and recommends under 20 GB
@@ -33,10 +37,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from transformers.utils import cached_file, logging
+from huggingface_hub import _CACHED_NO_EXIST, hf_hub_download, is_offline_mode, try_to_load_from_cache
+from huggingface_hub.errors import RemoteEntryNotFoundError
+from safetensors import SafetensorError, safe_open
+from transformers.utils import logging
 
-logger = logging.get_logger(__name__)
+from .validation_retinascan import InvalidArtefactError, check_finite_tensor, check_number
+
+# A child of transformers' root logger, so that `transformers.logging.set_verbosity_*` and TRANSFORMERS_VERBOSITY
+# apply to it (a logger named plainly `__name__` would sit outside transformers' hierarchy and ignore them).
+logger = logging.get_logger(f"transformers.{__name__}")
 
 FEATURE_BANK_NAME = "feature_bank.safetensors"
 _FORMAT = "retinascan-feature-bank"
@@ -53,8 +63,109 @@ _BOUND_SLACK = 1e-3  # relative headroom on error bounds computed in float32
 _FIRST_CANDIDATES = 32  # rows beyond k re-ranked first, to find a tight exact k-th similarity
 
 
+# Neighbours whose mean distance makes an OOD score, and the most training images the reference keeps: a fixed
+# random sample bounds its size and cost (an exact search over 4,096 rows) whatever the training set's size.
+OOD_NEIGHBORS = 10
+OOD_REFERENCE_ROWS = 4096
+# Floor of the reference distance, so a reference made of duplicates cannot divide by zero.
+_MIN_OOD_SCALE = 1e-6
+
+
+def _check_rows(name: str, rows: torch.Tensor) -> None:
+    """Refuse NaN/inf and all-zero rows: a zero vector has no direction to compare by cosine."""
+    check_finite_tensor(name, rows)
+    zero_rows = torch.nonzero(rows.detach().float().norm(dim=-1) <= 1e-6).flatten()
+    if len(zero_rows):
+        raise InvalidArtefactError(
+            f"{name} has {len(zero_rows)} all-zero row(s) of {rows.shape[0]} (first: row {int(zero_rows[0])}); "
+            "a zero vector has no direction to compare.",
+            field=name,
+        )
+
+
+class OODReference:
+    """How far an image lies from the training images, in units of how far training images lie from each other.
+
+    Holds the CLIP image embeddings (the backbone's `image_features`) of at most `OOD_REFERENCE_ROWS` training
+    images. A query's score is its mean cosine distance to the `k` nearest of them, divided by `scale`: the
+    median of that same distance for each reference row against the others (leave-one-out). About 1 means
+    "as close as training images are to each other"; a picture unlike anything trained on scores far higher.
+
+    The backbone's embedding, not the bank's: the grading heads are trained to keep only what separates
+    grades, so a picture that is no fundus lands among the grade clusters just like an ambiguous fundus does
+    (quickstart model: disc-shaped non-fundus pictures scored 1.5-2.9 there, inside the 0.2-21 range of
+    validation fundus images), while CLIP's embedding keeps what the picture shows.
+
+    Args:
+        features: `[M, D]` image embeddings (M >= 2); stored L2-normalised in float32.
+        k, scale: as read back from a saved bank; computed from `features` when not given.
+    """
+
+    def __init__(self, features: torch.Tensor, k: int | None = None, scale: float | None = None):
+        features = torch.as_tensor(features)
+        if features.ndim != 2 or features.shape[0] < 2 or not features.is_floating_point():
+            raise InvalidArtefactError(
+                f"ood_features must be a floating [M, D] tensor with M >= 2, got {features.dtype} "
+                f"{tuple(features.shape)}.",
+                field="ood_features",
+            )
+        _check_rows("ood_features", features)
+        self.features = torch.nn.functional.normalize(features.detach().float().cpu(), dim=-1)
+        if (k is None) != (scale is None):
+            raise InvalidArtefactError("ood_k and ood_scale come together: give both or neither.", field="ood_k")
+        if k is None:
+            k = min(OOD_NEIGHBORS, len(self.features) - 1)
+            rows = torch.arange(len(self.features))
+            scale = max(float(self._mean_distance(self.features, k, exclude=rows).median()), _MIN_OOD_SCALE)
+        self.k = check_number("ood_k", k, integer=True, low=1, high=len(self.features) - 1)
+        self.scale = float(check_number("ood_scale", scale, low=0, low_open=True))
+
+    @classmethod
+    def sample(cls, features: torch.Tensor, max_rows: int = OOD_REFERENCE_ROWS) -> OODReference | None:
+        """A reference from a fixed random sample of at most `max_rows` of `features`; `None` below 2 rows."""
+        if len(features) < 2:
+            return None
+        if len(features) > max_rows:
+            features = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:max_rows]]
+        return cls(features)
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+    def _mean_distance(self, queries: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cosine distance of each query to its `k` nearest rows, skipping row `exclude[i]` for query `i`."""
+        similarities = torch.nn.functional.normalize(queries.float(), dim=-1) @ self.features.to(queries.device).T
+        if exclude is not None:
+            similarities[torch.arange(len(queries)), exclude.to(queries.device)] = float("-inf")
+        return (1.0 - similarities.topk(k, dim=-1).values.clamp(-1.0, 1.0)).mean(dim=-1)
+
+    @torch.no_grad()
+    def scores(self, queries: torch.Tensor) -> torch.Tensor:
+        """OOD score per query `[B]` (see the class docstring); NaN for a non-finite query."""
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise FeatureBankMismatchError(
+                f"OOD queries have shape {tuple(queries.shape)}; the reference expects [B, {self.dim}]."
+            )
+        return self._mean_distance(queries, self.k) / self.scale
+
+
 class FeatureBankMismatchError(ValueError):
     """A bank and the model (or query) using it disagree on embedding width or dtype."""
+
+
+def bank_location(
+    pretrained_model_name_or_path: str | os.PathLike, revision: str | None = None, subfolder: str = ""
+) -> str:
+    """Where a bank is looked for, as messages name it: a folder, or a Hub repo at a revision."""
+    source = str(pretrained_model_name_or_path)
+    where = f"{source}/{subfolder}" if subfolder else source
+    return where if os.path.isdir(source) else f"{where} (revision {revision or 'main'})"
+
+
+class FeatureBankUnavailableError(OSError):
+    """Whether a repo revision has a feature bank could not be determined (no connection, Hub error, or offline
+    with the file not in the cache). Raised instead of silently grading without the bank."""
 
 
 @dataclass
@@ -85,6 +196,8 @@ class StringColumn(Sequence):
     """
 
     def __init__(self, data: np.ndarray, offsets: np.ndarray):
+        if data.dtype != np.uint8 or offsets.dtype != np.int64:
+            raise ValueError(f"Strings need uint8 bytes and int64 offsets, got {data.dtype} and {offsets.dtype}.")
         if offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(data):
             raise ValueError("String offsets must start at 0 and end at the byte count.")
         if np.any(offsets[1:] < offsets[:-1]):
@@ -240,6 +353,9 @@ class FeatureBank:
         sources, image_ids: optional per-row strings, returned with neighbours for audit trails.
         num_labels: number of grades (defaults to 5, ICDR).
         config_hash: the model's [`RetinaScanConfig.embedding_hash`] at build time.
+        ood_reference: the [`OODReference`] of the training images, for `ood_scores` (optional).
+
+    Embeddings holding NaN/inf or an all-zero row are refused: they would vote with meaningless neighbours.
     """
 
     # CPU banks with at least this many rows are searched through their int8 codes (plus an exact re-rank);
@@ -255,17 +371,17 @@ class FeatureBank:
         image_ids: Sequence[str] | None = None,
         num_labels: int = 5,
         config_hash: str | None = None,
+        ood_reference: OODReference | None = None,
     ):
         embeddings = torch.as_tensor(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-            raise ValueError(f"Bank embeddings must be a non-empty [N, D] tensor, got shape {tuple(embeddings.shape)}.")
+            raise InvalidArtefactError(
+                f"Bank embeddings must be a non-empty [N, D] tensor, got shape {tuple(embeddings.shape)}.",
+                field="embeddings",
+            )
         if not embeddings.is_floating_point():
             raise FeatureBankMismatchError(f"Bank embeddings must be floating point, got dtype {embeddings.dtype}.")
-        normalised = torch.empty(embeddings.shape, dtype=torch.float16)
-        for start in range(0, len(embeddings), _BLOCK_ROWS):  # block by block: no full-size float32 copy
-            block = embeddings[start : start + _BLOCK_ROWS].detach().float().cpu()
-            normalised[start : start + len(block)] = torch.nn.functional.normalize(block, dim=-1)
-        self._set_rows(normalised, grades, sources, image_ids, num_labels, config_hash)
+        self._set_rows(_normalised_rows(embeddings), grades, sources, image_ids, num_labels, config_hash, ood_reference)
 
     def _set_rows(
         self,
@@ -275,21 +391,36 @@ class FeatureBank:
         image_ids: Sequence[str] | None,
         num_labels: int,
         config_hash: str | None,
+        ood_reference: OODReference | None,
     ) -> None:
-        grades = torch.as_tensor(grades, dtype=torch.long).reshape(-1)
+        """Validate and keep L2-normalised fp16 rows (normalised here, or memory-mapped from a bank file)."""
+        check_number("num_labels", num_labels, integer=True, low=2)
+        grades = torch.as_tensor(grades)
+        if grades.is_floating_point() or grades.dtype == torch.bool:
+            raise InvalidArtefactError(f"Bank grades must be integers, got dtype {grades.dtype}.", field="grades")
+        grades = grades.long().reshape(-1)
         if grades.shape[0] != embeddings.shape[0]:
-            raise ValueError(f"{embeddings.shape[0]} embeddings but {grades.shape[0]} grades.")
+            raise InvalidArtefactError(
+                f"{embeddings.shape[0]} embeddings but {grades.shape[0]} grades.", field="grades"
+            )
         if grades.min() < 0 or grades.max() >= num_labels:
-            raise ValueError(f"Bank grades must lie in [0, {num_labels - 1}], got {grades.min()}..{grades.max()}.")
+            raise InvalidArtefactError(
+                f"Bank grades must lie in [0, {num_labels - 1}], got {grades.min()}..{grades.max()}.", field="grades"
+            )
         for name, values in (("sources", sources), ("image_ids", image_ids)):
-            if values is not None and len(values) != grades.shape[0]:
-                raise ValueError(f"{name} has {len(values)} entries for {grades.shape[0]} bank rows.")
+            strings = isinstance(values, StringColumn) or all(isinstance(value, str) for value in values or ())
+            if values is not None and (len(values) != grades.shape[0] or not strings):
+                raise InvalidArtefactError(
+                    f"{name} must hold one string per bank row ({grades.shape[0]}), got {len(values)} entries.",
+                    field=name,
+                )
         self.embeddings = embeddings
         self.grades = grades.cpu()
         self.sources = sources if sources is None or isinstance(sources, StringColumn) else list(sources)
         self.image_ids = image_ids if image_ids is None or isinstance(image_ids, StringColumn) else list(image_ids)
         self.num_labels = num_labels
         self.config_hash = config_hash
+        self.ood_reference = ood_reference
         self._device_rows: dict[torch.device, torch.Tensor] = {}
         self._codes: _Int8Codes | None = None
         self._lock = threading.Lock()
@@ -306,13 +437,23 @@ class FeatureBank:
         return f"FeatureBank(size={len(self)}, dim={self.dim}, grades={counts})"
 
     def check_compatible(
-        self, embedding_dim: int, config_hash: str | None = None, dtype: torch.dtype | None = None
+        self,
+        embedding_dim: int,
+        config_hash: str | None = None,
+        dtype: torch.dtype | None = None,
+        num_labels: int | None = None,
     ) -> None:
-        """Raise [`FeatureBankMismatchError`] if this bank cannot serve a model of `embedding_dim` and `dtype`.
+        """Raise [`FeatureBankMismatchError`] if this bank cannot serve a model of `embedding_dim`, `dtype` and
+        `num_labels` grades.
 
         The search runs in float32, so any floating model dtype works with the fp16 bank; a model whose
-        embeddings are not floating point (an integer-quantised export) cannot be searched.
+        embeddings are not floating point (an integer-quantised export) cannot be searched. A bank voting over
+        another number of grades would return scores of the wrong length (or grades the model cannot name).
         """
+        if num_labels is not None and num_labels != self.num_labels:
+            raise FeatureBankMismatchError(
+                f"Feature bank votes over {self.num_labels} grades but the model has {num_labels} grades."
+            )
         if dtype is not None and not dtype.is_floating_point:
             raise FeatureBankMismatchError(
                 f"Feature bank holds {self.embeddings.dtype} embeddings; the model computes in {dtype}, "
@@ -322,13 +463,15 @@ class FeatureBank:
             raise FeatureBankMismatchError(
                 f"Feature bank holds {self.dim}-d embeddings but the model produces {embedding_dim}-d embeddings."
             )
+        if self.ood_reference is not None and self.ood_reference.dim != embedding_dim:
+            raise FeatureBankMismatchError(
+                f"Feature bank's OOD reference holds {self.ood_reference.dim}-d image embeddings but the model "
+                f"produces {embedding_dim}-d ones."
+            )
         if config_hash is not None and self.config_hash is not None and config_hash != self.config_hash:
-            import warnings
-
-            warnings.warn(
+            logger.warning(
                 f"Feature bank was built for embedding config {self.config_hash}, the model has {config_hash}: "
-                "neighbours may be meaningless. Rebuild the bank with the current model.",
-                stacklevel=2,
+                "neighbours may be meaningless. Rebuild the bank with the current model."
             )
 
     def _rows_on(self, device: torch.device) -> torch.Tensor:
@@ -449,6 +592,11 @@ class FeatureBank:
         votes.scatter_add_(1, neighbour_grades, weights)
         return NeighborResult(scores=votes / votes.sum(-1, keepdim=True), indices=indices, similarities=similarities)
 
+    def ood_scores(self, image_features: torch.Tensor) -> torch.Tensor | None:
+        """Out-of-distribution score per image `[B]` from the backbone's `image_features` (see [`OODReference`]);
+        `None` for a bank without a reference."""
+        return None if self.ood_reference is None else self.ood_reference.scores(image_features)
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write `feature_bank.safetensors` into `save_directory` atomically (temp file, then rename), block by
         block so that saving needs no second copy of the bank in memory."""
@@ -464,6 +612,9 @@ class FeatureBank:
             "config_hash": self.config_hash or "",
         }
         tensors: dict[str, np.ndarray | torch.Tensor] = {"embeddings": self.embeddings, "grades": self.grades}
+        if self.ood_reference is not None:
+            metadata["ood_k"], metadata["ood_scale"] = str(self.ood_reference.k), repr(self.ood_reference.scale)
+            tensors["ood_features"] = self.ood_reference.features.contiguous()
         for name, values in (("image_ids", self.image_ids), ("sources", self.sources)):
             if values is not None:
                 column = StringColumn.from_strings(values)
@@ -484,62 +635,91 @@ class FeatureBank:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> FeatureBank:
-        """Read a bank file (safetensors only: nothing is unpickled), memory-mapped.
+        """Read a bank file (safetensors only: nothing is unpickled), memory-mapped, refusing values that cannot
+        be served with an error naming the file and the field.
 
-        Rows stored L2-normalised in fp16 (every bank `save_pretrained` wrote) are used in place; anything else
-        is normalised into memory as on construction.
+        Rows stored L2-normalised in fp16 (every bank `save_pretrained` wrote) are used in place, from the page
+        cache; anything else is checked and normalised into memory as on construction.
         """
-        header, data_start = _read_safetensors_header(path)
-        metadata = header.get("__metadata__") or {}
-        if metadata.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a RetinaScan feature bank (format={metadata.get('format')!r}).")
-        with safe_open(str(path), framework="pt") as handle:  # validates the whole header layout
-            names = set(handle.keys())
-        if not {"embeddings", "grades"} <= names:
-            raise ValueError(f"{path} lacks the embeddings or grades tensor.")
-        embeddings = torch.from_numpy(_memory_map(path, header, data_start, "embeddings"))
-        grades = torch.from_numpy(np.array(_memory_map(path, header, data_start, "grades")))
+        try:
+            with safe_open(str(path), framework="pt") as handle:  # validates the header and the data layout
+                metadata = handle.metadata() or {}
+                if metadata.get("format") != _FORMAT:
+                    raise InvalidArtefactError(
+                        f"not a RetinaScan feature bank (format={metadata.get('format')!r}).", field="format"
+                    )
+                stored = set(handle.keys())
+                missing = sorted({"embeddings", "grades"} - stored)
+                if missing:
+                    raise InvalidArtefactError(f"missing tensor(s) {missing}.", field=missing[0])
+                header, data_start = _read_safetensors_header(path)
+                if header["embeddings"]["dtype"] == "F16":
+                    embeddings = torch.from_numpy(_memory_map(path, header, data_start, "embeddings"))
+                else:
+                    embeddings = handle.get_tensor("embeddings")
+                grades = handle.get_tensor("grades")
+                ood_features = handle.get_tensor("ood_features") if "ood_features" in stored else None
+        except SafetensorError as error:
+            raise OSError(f"{path} is not a readable safetensors file: {error}") from error
+        except InvalidArtefactError as error:
+            raise error.in_file(path) from error
         declared_dtype = metadata.get("dtype")
         if declared_dtype and declared_dtype != str(embeddings.dtype).removeprefix("torch."):
             raise FeatureBankMismatchError(
                 f"{path} declares dtype {declared_dtype} but stores {embeddings.dtype} embeddings."
             )
-        if embeddings.ndim != 2 or int(metadata.get("dim", embeddings.shape[-1])) != embeddings.shape[-1]:
-            raise FeatureBankMismatchError(
-                f"{path} declares dim {metadata.get('dim')} but stores embeddings of shape {tuple(embeddings.shape)}."
-            )
-        strings = {
-            name: cls._read_strings(path, header, data_start, metadata, name) for name in ("sources", "image_ids")
-        }
-        settings = {
-            "num_labels": int(metadata.get("num_labels", 5)),
-            "config_hash": metadata.get("config_hash") or None,
-        }
-        if embeddings.dtype == torch.float16 and len(embeddings) and _rows_are_unit(embeddings):
-            bank = cls.__new__(cls)
-            bank._set_rows(embeddings, grades, strings["sources"], strings["image_ids"], **settings)
-            return bank
-        return cls(embeddings, grades, **strings, **settings)
+        try:
+            if embeddings.ndim != 2 or _metadata_number(metadata, "dim", None, integer=True) not in (
+                None,
+                embeddings.shape[-1],
+            ):
+                raise FeatureBankMismatchError(
+                    f"{path} declares dim {metadata.get('dim')} but stores embeddings of shape "
+                    f"{tuple(embeddings.shape)}."
+                )
+            reference = None
+            if ood_features is not None:
+                reference = OODReference(
+                    ood_features,
+                    k=_metadata_number(metadata, "ood_k", None, integer=True),
+                    scale=_metadata_number(metadata, "ood_scale", None, integer=False),
+                )
+            settings = {
+                "sources": cls._read_strings(path, header, data_start, metadata, "sources"),
+                "image_ids": cls._read_strings(path, header, data_start, metadata, "image_ids"),
+                "num_labels": _metadata_number(metadata, "num_labels", 5, integer=True),
+                "config_hash": metadata.get("config_hash") or None,
+                "ood_reference": reference,
+            }
+            if embeddings.dtype == torch.float16 and len(embeddings) and _rows_are_unit(embeddings):
+                bank = cls.__new__(cls)
+                bank._set_rows(embeddings, grades, **settings)
+                return bank
+            return cls(embeddings, grades, **settings)
+        except InvalidArtefactError as error:
+            raise error.in_file(path) from error
 
     @staticmethod
     def _read_strings(
         path: str | os.PathLike, header: dict, data_start: int, metadata: dict, name: str
     ) -> Sequence[str] | None:
-        if f"{name}.bytes" in header:
+        """Per-row strings: UTF-8 bytes and offsets tensors (version 2), or a JSON list in the metadata (1)."""
+        listed = _metadata_strings(metadata, name)
+        if f"{name}.bytes" not in header:
+            return listed
+        if listed is not None:
+            raise InvalidArtefactError(f"{name} are stored twice (metadata and tensors).", field=name)
+        try:
             data = _memory_map(path, header, data_start, f"{name}.bytes")
             offsets = np.array(_memory_map(path, header, data_start, f"{name}.offsets"))
-            try:
-                column = StringColumn(data, offsets)
-                decoder = codecs.getincrementaldecoder("utf-8")()
-                for start in range(0, len(data), _WRITE_BLOCK_BYTES):  # fails here, not in a later pipeline call
-                    decoder.decode(bytes(data[start : start + _WRITE_BLOCK_BYTES]))
-                decoder.decode(b"", final=True)
-            except (ValueError, UnicodeDecodeError) as error:
-                raise ValueError(f"{path}: the {name} strings are corrupt ({error}).") from error
-            return column
-        if name in metadata:  # version 1
-            return json.loads(metadata[name])
-        return None
+            column = StringColumn(data, offsets)
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            for start in range(0, len(data), _WRITE_BLOCK_BYTES):  # fails here, not in a later pipeline call
+                decoder.decode(bytes(data[start : start + _WRITE_BLOCK_BYTES]))
+            decoder.decode(b"", final=True)
+        except (ValueError, KeyError, UnicodeDecodeError) as error:
+            raise InvalidArtefactError(f"the {name} strings are corrupt ({error}).", field=name) from error
+        return column
 
     @classmethod
     def from_pretrained(
@@ -555,28 +735,120 @@ class FeatureBank:
     ) -> FeatureBank | None:
         """Load the bank of a model folder or Hub repo, resolved like the model's own weights.
 
-        With `missing_ok=True` a model without a bank returns `None` (the pipeline then falls back to the
-        ordinal head) instead of raising `OSError`.
+        A folder or repo revision without a bank raises `OSError`, or, with `missing_ok=True`, returns `None` (the
+        pipeline then grades with the ordinal head and says so). "Without a bank" means known to be absent: the
+        folder lacks the file, or the Hub answered that the revision has none (now or on an earlier online visit,
+        which the cache remembers). When that cannot be known (a connection error, the Hub failing, offline mode
+        with the file not cached) [`FeatureBankUnavailableError`] is raised even with `missing_ok=True`, so a
+        network problem never silently changes how images are graded.
         """
-        resolved = cached_file(
-            str(pretrained_model_name_or_path),
+        source = str(pretrained_model_name_or_path)
+        if os.path.isdir(source):
+            path = os.path.join(source, subfolder, FEATURE_BANK_NAME)
+            if os.path.isfile(path):
+                return cls.from_file(path)
+        else:
+            path = _download(source, revision, cache_dir, token, local_files_only, subfolder)
+            if path is not None:
+                return cls.from_file(path)
+        if missing_ok:
+            return None
+        raise OSError(f"{bank_location(source, revision, subfolder)} has no {FEATURE_BANK_NAME}.")
+
+
+def _download(
+    repo_id: str,
+    revision: str | None,
+    cache_dir: str | os.PathLike | None,
+    token: str | bool | None,
+    local_files_only: bool,
+    subfolder: str,
+) -> str | None:
+    """The cached path of a repo's bank file; `None` if the Hub says (or said) the revision has none.
+
+    huggingface_hub reports a file the Hub does not have as `RemoteEntryNotFoundError`, and every failure to ask
+    (connection, server error, offline) as another `OSError`; only the first is an absent bank. A 404 seen on an
+    earlier online visit is remembered in the cache (`.no_exist`), which lets offline mode tell the two apart too.
+    """
+    try:
+        return hf_hub_download(
+            repo_id,
             FEATURE_BANK_NAME,
+            subfolder=subfolder or None,
             revision=revision,
             cache_dir=cache_dir,
             token=token,
-            local_files_only=local_files_only,
-            subfolder=subfolder,
-            _raise_exceptions_for_missing_entries=not missing_ok,
-            _raise_exceptions_for_connection_errors=not missing_ok,
+            local_files_only=local_files_only or is_offline_mode(),
         )
-        if resolved is None:
+    except RemoteEntryNotFoundError:
+        return None
+    except OSError as error:
+        filename = f"{subfolder}/{FEATURE_BANK_NAME}" if subfolder else FEATURE_BANK_NAME
+        if try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision) is _CACHED_NO_EXIST:
             return None
-        return cls.from_file(resolved)
+        raise FeatureBankUnavailableError(
+            f"Could not check whether {bank_location(repo_id, revision, subfolder)} has a {FEATURE_BANK_NAME}: "
+            f"{error} Connect to the Hub (or download the file into the cache), or pass feature_bank=False to the "
+            "pipeline to grade without the kNN vote."
+        ) from error
+
+
+def _metadata_number(metadata: dict[str, str], key: str, default, *, integer: bool):
+    """A number stored as a metadata string (safetensors metadata is `str -> str`); `default` when absent."""
+    raw = metadata.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise InvalidArtefactError(f"metadata {key} must be {kind}, got {raw!r}.", field=key) from None
+
+
+def _metadata_strings(metadata: dict[str, str], key: str) -> list[str] | None:
+    """A JSON list of strings stored as metadata; `None` when absent."""
+    if key not in metadata:
+        return None
+    try:
+        values = json.loads(metadata[key])
+    except json.JSONDecodeError as error:
+        raise InvalidArtefactError(f"metadata {key} is not valid JSON ({error}).", field=key) from None
+    if not isinstance(values, list):
+        raise InvalidArtefactError(f"metadata {key} must be a JSON list of strings.", field=key)
+    return values
 
 
 def _row_blocks(rows: torch.Tensor) -> Iterator[torch.Tensor]:
     for start in range(0, len(rows), _BLOCK_ROWS):
         yield rows[start : start + _BLOCK_ROWS]
+
+
+def _normalised_rows(embeddings: torch.Tensor) -> torch.Tensor:
+    """`embeddings` L2-normalised into fp16, block by block (no full-size float32 copy of a large bank).
+
+    NaN/inf values and all-zero rows are refused with an [`InvalidArtefactError`] counting them over the whole
+    tensor: a zero vector has no direction to compare by cosine.
+    """
+    normalised = torch.empty(embeddings.shape, dtype=torch.float16)
+    non_finite, zero_rows = 0, []
+    for start in range(0, len(embeddings), _BLOCK_ROWS):
+        block = embeddings[start : start + _BLOCK_ROWS].detach().float().cpu()
+        non_finite += int((~torch.isfinite(block)).sum())
+        norms = block.norm(dim=-1)
+        zero_rows.extend((torch.nonzero(norms <= 1e-6).flatten() + start).tolist())
+        normalised[start : start + len(block)] = torch.nn.functional.normalize(block, dim=-1)
+    if non_finite:
+        raise InvalidArtefactError(
+            f"embeddings holds {non_finite} non-finite value(s) (NaN or inf) among {embeddings.numel()}.",
+            field="embeddings",
+        )
+    if zero_rows:
+        raise InvalidArtefactError(
+            f"embeddings has {len(zero_rows)} all-zero row(s) of {embeddings.shape[0]} (first: row {zero_rows[0]}); "
+            "a zero vector has no direction to compare.",
+            field="embeddings",
+        )
+    return normalised
 
 
 def _rows_are_unit(rows: torch.Tensor) -> bool:
@@ -588,4 +860,15 @@ def _rows_are_unit(rows: torch.Tensor) -> bool:
     return True
 
 
-__all__ = ["FEATURE_BANK_NAME", "FeatureBank", "FeatureBankMismatchError", "NeighborResult", "StringColumn"]
+__all__ = [
+    "FEATURE_BANK_NAME",
+    "OOD_NEIGHBORS",
+    "OOD_REFERENCE_ROWS",
+    "FeatureBank",
+    "FeatureBankMismatchError",
+    "FeatureBankUnavailableError",
+    "NeighborResult",
+    "OODReference",
+    "StringColumn",
+    "bank_location",
+]

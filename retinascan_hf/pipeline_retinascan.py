@@ -9,21 +9,43 @@ Decision modes:
     - `"ordinal"`: the CORAL head with the calibrated temperature and thresholds from the config.
     - `"prototype"`: nearest grade description (cosine to the text prototypes), calibrated softmax.
 
+`return_heatmap=True` explains each grade with Grad-CAM (`gradcam_retinascan.py`, imported only then).
+
+Every result says whether the image was graded (`gradable`) and how far it lies from the training images
+(`ood_score`). An image is not graded, and its grade, label, scores, referral and grade set are `None`, when it
+is not a usable image (`error_type` names the exception), fails the processor's quality check (`"LowQuality"`:
+no round field of view, out of focus, badly exposed), lies farther from the training images than the
+calibrated `ood_threshold` (`"OutOfDistribution"`), or the model produced NaN/inf (`"NonFiniteOutput"`).
+
 This file is copied verbatim into model repositories as remote code (relative imports only).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
-import warnings
 from typing import Any
 
 import torch
-from transformers import Pipeline
+from transformers import AutoModel, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.utils import logging
 
-from .feature_bank import FeatureBank
+from .configuration_retinascan import PIPELINE_TASK
+from .feature_bank import FEATURE_BANK_NAME, FeatureBank, bank_location
 from .image_processing_retinascan import describe_input
-from .modeling_retinascan import DECISION_MODES, decide
+from .modeling_retinascan import DECISION_MODES, GradeDecision, RetinaScanOutput, decide
+from .validation_retinascan import check_number
+
+# A child of transformers' root logger, so that `transformers.logging.set_verbosity_*` and TRANSFORMERS_VERBOSITY
+# apply to it (a logger named plainly `__name__` would sit outside transformers' hierarchy and ignore them).
+logger = logging.get_logger(f"transformers.{__name__}")
+
+
+LOW_QUALITY = "LowQuality"
+OUT_OF_DISTRIBUTION = "OutOfDistribution"
+NON_FINITE_OUTPUT = "NonFiniteOutput"
 
 
 def _as_list(value: Any) -> list:
@@ -35,36 +57,42 @@ def _first(value: Any) -> Any:
     return _as_list(value)[0]
 
 
-def pipeline_registration() -> dict[str, dict[str, Any]]:
-    """The `custom_pipelines` entry a saved config carries, so remote code can rebuild this pipeline."""
-    return {
-        "retinascan": {
-            "impl": f"{__name__.split('.')[-1]}.{RetinaScanPipeline.__name__}",
-            "pt": ["AutoModel"],
-            "tf": [],
-            "type": "image",
-        }
-    }
+def _grade_set(bounds: list[int]) -> list[int] | None:
+    """Inclusive `[lowest, highest]` grade -> the list of grades; `None` where the model has no grade sets."""
+    low, high = bounds
+    return None if low < 0 else list(range(low, high + 1))
 
 
 class RetinaScanPipeline(Pipeline):
     """Grade diabetic retinopathy in fundus photographs.
 
     Inputs: a path, URL, bytes, PIL image or numpy array, or a list of them. Per image it returns a dict
-    with `grade`, `label`, `scores` (5 floats summing to 1), `referable` (grade >= 2), `mode` and
-    `gradable`; a bad input gives `{"gradable": False, "error": ...}` in its place.
+    with `grade`, `label`, `scores` (5 floats summing to 1), `referable` (grade >= 2), `mode`, `gradable`,
+    `grade_set` (the contiguous conformal set of grades, e.g. `[2, 3]`, that holds the true grade with the target
+    coverage; `None` for a model without conformal calibration), `ood_score` (float, or `None` without a feature
+    bank) and, for an image that was not graded, `reason` (words) and `error_type` (the exception's class name, or
+    `"LowQuality"`, `"OutOfDistribution"`, `"NonFiniteOutput"`); grade, label, scores, referable and grade_set are
+    then `None`. With `top_k=n` each result
+    also holds `top_k`: the `n` most likely grades as `[{"label", "score"}]`, highest score first (the
+    image-classification pipeline's format).
 
     Args:
         feature_bank (`FeatureBank`, `str` or `None`):
             The bank for `mode="knn"`. By default, the model folder's (or Hub repo's) `feature_bank.safetensors`
-            is used if present; pass `False` to use none.
-        mode, k, return_neighbors, timeout: call-time options (see `__call__`).
+            is used if present; if the folder or repo revision has none, the pipeline logs one warning naming it
+            and grades with `mode="ordinal"`; if it cannot tell (no connection, not in the offline cache) it
+            raises. Pass `False` to use no bank (and no warning).
+        mode, k, return_neighbors, top_k, coverage, return_heatmap, heatmap_grade, timeout: call-time options (see
+            `__call__`).
     """
 
     _load_processor = False
     _load_image_processor = True
     _load_feature_extractor = False
     _load_tokenizer = False
+    # Left unset, `pipeline()` tries to load a video processor, infers one from the image processor's `auto_map` and
+    # asks on a terminal whether to run that (non-existent) remote code.
+    _load_video_processor = False
 
     def __init__(self, *args, feature_bank: FeatureBank | str | os.PathLike | bool | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -74,58 +102,132 @@ class RetinaScanPipeline(Pipeline):
         if feature_bank is False:
             return None
         if feature_bank is None or feature_bank is True:
-            # Same repo, revision and cache as the weights (see RetinaScanModel.from_pretrained).
-            source = getattr(self.model, "pretrained_source", None)
-            bank = FeatureBank.from_pretrained(**source, missing_ok=True) if source else None
+            bank = self._default_bank()
         elif isinstance(feature_bank, FeatureBank):
             bank = feature_bank
         else:
             bank = FeatureBank.from_pretrained(feature_bank)
         if bank is not None:
+            config = self.model.config
             bank.check_compatible(
-                self.model.config.embedding_dim, self.model.config.embedding_hash(), dtype=self.model.dtype
+                config.embedding_dim, config.embedding_hash(), dtype=self.model.dtype, num_labels=config.num_labels
             )
         return bank
 
-    def _sanitize_parameters(self, mode=None, k=None, return_neighbors=None, timeout=None, **kwargs):
+    def _default_bank(self) -> FeatureBank | None:
+        """The bank beside the weights: same repo, revision and cache (see `RetinaScanModel.from_pretrained`).
+
+        Without one the default mode changes from `knn` to `ordinal`: that is said once, here, naming where the
+        bank was looked for. A bank whose presence cannot be checked raises (see `FeatureBank.from_pretrained`).
+        """
+        source = getattr(self.model, "pretrained_source", None)
+        if not source:
+            logger.warning(
+                "This model was not loaded from a folder or repo, so it has no feature bank: grading with "
+                "mode='ordinal'. Pass feature_bank=<FeatureBank or path> for the kNN vote, or feature_bank=False."
+            )
+            return None
+        bank = FeatureBank.from_pretrained(**source, missing_ok=True)
+        if bank is None:
+            location = bank_location(source["pretrained_model_name_or_path"], source["revision"], source["subfolder"])
+            logger.warning(
+                f"{location} has no {FEATURE_BANK_NAME}: grading with mode='ordinal' instead of the kNN vote. "
+                "Pass feature_bank=False to choose this explicitly."
+            )
+        return bank
+
+    def _sanitize_parameters(
+        self,
+        mode=None,
+        k=None,
+        return_neighbors=None,
+        top_k=None,
+        coverage=None,
+        timeout=None,
+        return_heatmap=None,
+        heatmap_grade=None,
+        **kwargs,
+    ):
         if kwargs:
             raise TypeError(f"Unexpected arguments for the retinascan pipeline: {sorted(kwargs)}.")
         preprocess_params, forward_params, postprocess_params = {}, {}, {}
         if timeout is not None:
-            preprocess_params["timeout"] = timeout
+            preprocess_params["timeout"] = check_number("timeout", timeout, low=0, low_open=True)
         if mode is not None:
             if mode not in DECISION_MODES:
                 raise ValueError(f"mode must be one of {DECISION_MODES}, got {mode!r}.")
             forward_params["mode"] = mode
         if k is not None:
-            if int(k) < 1:
-                raise ValueError(f"k must be at least 1, got {k}.")
-            forward_params["k"] = int(k)
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+                raise ValueError(f"k must be a positive integer, got {k!r}.")
+            forward_params["k"] = int(k)  # capped at the bank's size when used
         if return_neighbors is not None:
             postprocess_params["return_neighbors"] = bool(return_neighbors)
+        if return_heatmap is not None or heatmap_grade is not None:
+            forward_params.update(self._heatmap_options(return_heatmap, heatmap_grade))
+            postprocess_params["return_heatmap"] = forward_params["return_heatmap"]
+        if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
+            postprocess_params["top_k"] = min(top_k, self.model.config.num_labels)
+        if coverage is not None:
+            forward_params["coverage"] = self._check_coverage(coverage)
         return preprocess_params, forward_params, postprocess_params
 
+    def _check_coverage(self, coverage) -> float:
+        """A call-time coverage for the grade sets: a number in (0, 1), on a model calibrated for them."""
+        if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not 0 < coverage < 1:
+            raise ValueError(f"coverage must be a number strictly between 0 and 1, got {coverage!r}.")
+        if not self.model.config.conformal_scores:
+            raise ValueError("coverage was given, but this model has no conformal calibration (no grade sets).")
+        return float(coverage)
+
+    def _heatmap_options(self, return_heatmap: bool | None, heatmap_grade: int | None) -> dict[str, Any]:
+        if heatmap_grade is None:
+            return {"return_heatmap": bool(return_heatmap), "heatmap_grade": None}
+        if not return_heatmap:
+            raise ValueError("heatmap_grade needs return_heatmap=True.")
+        from .gradcam_retinascan import check_target_grade
+
+        return {
+            "return_heatmap": True,
+            "heatmap_grade": check_target_grade(heatmap_grade, self.model.config.num_labels),
+        }
+
     def __call__(self, inputs, **kwargs):
-        """Grade one input or a list of inputs; options: `mode`, `k`, `return_neighbors`, `timeout`, `batch_size`."""
+        """Grade one input or a list of inputs.
+
+        Options: `mode`, `k`, `return_neighbors`, `top_k`, `coverage` (target coverage of the `grade_set`, default
+        the config's `conformal_coverage`), `timeout`, `batch_size`, and `return_heatmap=True`, which adds to each
+        gradable result `heatmap` (float32 array `[S, S]` in [0, 1], Grad-CAM of the decided grade, or of
+        `heatmap_grade` when given, aligned with `image_processor.to_model_image(input)`) and `overlay` (that
+        cropped fundus as a PIL image with the heat map blended in). An empty list gives an empty list.
+        """
+        if isinstance(inputs, (list, tuple)) and not inputs:
+            self._sanitize_parameters(**kwargs)  # bad options still raise
+            return []
         return super().__call__(inputs, **kwargs)
 
     def preprocess(self, image, timeout: float | None = None) -> dict[str, Any]:
         size = self.image_processor.output_size
+        reason, error_type = "", ""
         try:
-            picture = self.image_processor.to_model_image(image, timeout=timeout)
-            pixel_values = torch.from_numpy(self.image_processor.normalize_image(picture)).unsqueeze(0)
-            error, error_type = "", ""
+            prepared = self.image_processor.prepare(image, timeout=timeout)
+            pixel_values = torch.from_numpy(self.image_processor.normalize_image(prepared.image)).unsqueeze(0)
+            if prepared.problems:
+                reason = f"{describe_input(image)} is not gradable: {'; '.join(prepared.problems)}."
+                error_type = LOW_QUALITY
         except Exception as exc:  # one bad input must not take the batch down: flag it instead
             pixel_values, error_type = torch.zeros(1, 3, size, size), type(exc).__name__
             # The processor's own errors (ValueError subclasses) already name the input. Matching on the base
             # class, not on RetinaScanInputError, matters: remote code may load processor and pipeline from
             # separately imported copies of the same file.
-            error = str(exc) if isinstance(exc, ValueError) else f"Could not process {describe_input(image)}: {exc}"
+            reason = str(exc) if isinstance(exc, ValueError) else f"Could not process {describe_input(image)}: {exc}"
         # `pixel_values` first: the pipeline's batch iterator reads the batch size off the first entry.
         return {
             "pixel_values": pixel_values,
             "valid": torch.tensor([not error_type]),
-            "error": error,
+            "reason": reason,
             "error_type": error_type,
         }
 
@@ -133,69 +235,170 @@ class RetinaScanPipeline(Pipeline):
         if mode is None:
             return "knn" if self.feature_bank is not None else "ordinal"
         if mode == "knn" and self.feature_bank is None:
-            warnings.warn(
-                "mode='knn' needs a feature bank and this model has none; using mode='ordinal'.", stacklevel=3
-            )
+            logger.warning("mode='knn' needs a feature bank and this pipeline has none; using mode='ordinal'.")
             return "ordinal"
         return mode
 
-    def _forward(self, model_inputs: dict[str, Any], mode: str | None = None, k: int | None = None) -> dict[str, Any]:
+    def _forward(
+        self,
+        model_inputs: dict[str, Any],
+        mode: str | None = None,
+        k: int | None = None,
+        coverage: float | None = None,
+        return_heatmap: bool = False,
+        heatmap_grade: int | None = None,
+    ) -> dict[str, Any]:
         mode = self._resolve_mode(mode)
+        bank, config = self.feature_bank, self.model.config
         valid = model_inputs["valid"].bool().cpu()
         pixel_values = model_inputs["pixel_values"]
         batch = valid.shape[0]
-        num_labels = self.model.config.num_labels
-        scores = torch.zeros(batch, num_labels)
+        reasons, error_types = list(_as_list(model_inputs["reason"])), list(_as_list(model_inputs["error_type"]))
+        k = min(k or config.knn_k, len(bank)) if bank is not None else 1  # never more neighbours than rows
+        scores = torch.zeros(batch, config.num_labels)
         grades = torch.zeros(batch, dtype=torch.long)
-        k = k or self.model.config.knn_k
+        ood_scores = torch.full((batch,), float("nan"))
         neighbor_idx = torch.full((batch, k), -1, dtype=torch.long)
         neighbor_sim = torch.zeros(batch, k)
+        grade_set_bounds = torch.full((batch, 2), -1, dtype=torch.long)  # -1: no grade set
+        extra = {}
         if valid.any():
-            outputs = self.model(pixel_values=pixel_values[valid.to(pixel_values.device)].to(self.model.dtype))
-            decision = decide(outputs, mode, self.model.config, self.feature_bank, k)
-            scores[valid], grades[valid] = decision.scores.float().cpu(), decision.grades.cpu()
+            rows = torch.nonzero(valid).flatten()
+            inputs = pixel_values[valid.to(pixel_values.device)].to(self.model.dtype)
+            if return_heatmap:
+                decision, outputs, extra = self._explain(inputs, valid, mode, k, coverage, heatmap_grade)
+            else:
+                outputs = self.model(pixel_values=inputs)
+                decision = decide(outputs, mode, config, bank, k, coverage=coverage)
+            scores[rows], grades[rows] = decision.scores.float().cpu(), decision.grades.cpu()
+            if decision.grade_sets is not None:
+                grade_set_bounds[rows] = decision.grade_sets.cpu()
             neighbors = decision.neighbors
             if neighbors is not None:
                 width = neighbors.indices.shape[1]
-                neighbor_idx[valid, :width] = neighbors.indices.cpu()
-                neighbor_sim[valid, :width] = neighbors.similarities.float().cpu()
+                neighbor_idx[rows, :width] = neighbors.indices.cpu()
+                neighbor_sim[rows, :width] = neighbors.similarities.float().cpu()
+            ood = bank.ood_scores(outputs.image_features.float()) if bank is not None else None
+            if ood is not None:
+                ood_scores[rows] = ood.float().cpu()
+            finite = torch.isfinite(outputs.embeddings.float()).all(dim=-1).cpu() & torch.isfinite(scores[rows]).all(-1)
+            for row, row_finite in zip(rows.tolist(), finite.tolist(), strict=True):
+                problem = self._output_problem(row_finite, float(ood_scores[row]), config.ood_threshold)
+                if problem is not None:
+                    valid[row] = False
+                    error_types[row], reasons[row] = problem
         return {
             "scores": scores,
             "grade": grades,
             "valid": valid,
+            "ood_score": ood_scores,
             "neighbor_indices": neighbor_idx,
             "neighbor_similarities": neighbor_sim,
+            "grade_set_bounds": grade_set_bounds,
             "mode": [mode] * batch,
-            "error": _as_list(model_inputs["error"]),
-            "error_type": _as_list(model_inputs["error_type"]),
+            "reason": reasons,
+            "error_type": error_types,
+            **extra,
         }
 
-    def postprocess(self, model_outputs: dict[str, Any], return_neighbors: bool = False) -> dict[str, Any]:
-        if not bool(model_outputs["valid"].reshape(-1)[0]):
-            return {
-                "grade": None,
-                "label": None,
-                "scores": None,
-                "referable": None,
-                "gradable": False,
-                "error": _first(model_outputs["error"]),
-                "error_type": _first(model_outputs["error_type"]),
-            }
-        grade = int(model_outputs["grade"].reshape(-1)[0])
+    @staticmethod
+    def _output_problem(finite: bool, ood_score: float, threshold: float | None) -> tuple[str, str] | None:
+        """`(error_type, reason)` when a model output must not become a grade: the last line of defence."""
+        if not finite or (not math.isnan(ood_score) and not math.isfinite(ood_score)):
+            return NON_FINITE_OUTPUT, "The model produced NaN or infinite values for this image; it was not graded."
+        if threshold is not None and ood_score > threshold:
+            return (
+                OUT_OF_DISTRIBUTION,
+                f"The image lies far from every training image (ood_score {ood_score:.2f} > {threshold:.2f}): "
+                "it does not look like a fundus photograph this model knows, so it was not graded.",
+            )
+        return None
+
+    def _explain(
+        self,
+        inputs: torch.Tensor,
+        valid: torch.Tensor,
+        mode: str,
+        k: int,
+        coverage: float | None,
+        heatmap_grade: int | None,
+    ) -> tuple[GradeDecision, RetinaScanOutput, dict[str, torch.Tensor]]:
+        """Decision, model outputs and Grad-CAM maps from one forward pass; maps (and the pixels they overlay) for
+        every row."""
+        from .gradcam_retinascan import grad_cam
+
+        explanation = grad_cam(
+            self.model, inputs, mode, self.feature_bank, k, target_grade=heatmap_grade, coverage=coverage
+        )
+        size = inputs.shape[-1]
+        heatmaps = torch.zeros(valid.shape[0], size, size)
+        heatmaps[valid] = explanation.heatmaps.float().cpu()
+        pixels = torch.zeros(valid.shape[0], 3, size, size)
+        pixels[valid] = inputs.float().cpu()
+        return explanation.decision, explanation.outputs, {"heatmap": heatmaps, "heatmap_pixels": pixels}
+
+    def postprocess(
+        self,
+        model_outputs: dict[str, Any],
+        return_neighbors: bool = False,
+        top_k: int | None = None,
+        return_heatmap: bool = False,
+    ) -> dict[str, Any]:
+        result = self._describe(model_outputs, return_neighbors)
+        if top_k is not None:
+            result["top_k"] = self._ranked(result["scores"], top_k)
+        if return_heatmap and result["gradable"]:
+            result.update(self._heatmap_fields(model_outputs))
+        return result
+
+    def _ranked(self, scores: list[float] | None, top_k: int) -> list[dict[str, Any]] | None:
+        """The `top_k` grades as `[{"label", "score"}]`, highest first; `None` for an ungraded item."""
+        if scores is None:
+            return None
+        ranked = sorted(enumerate(scores), key=lambda item: item[1], reverse=True)[:top_k]
+        return [{"label": self.model.config.id2label[grade], "score": score} for grade, score in ranked]
+
+    def _describe(self, model_outputs: dict[str, Any], return_neighbors: bool) -> dict[str, Any]:
+        ood_score = float(model_outputs["ood_score"].reshape(-1)[0])
         result = {
-            "grade": grade,
-            "label": self.model.config.id2label[grade],
-            "scores": [float(value) for value in model_outputs["scores"].reshape(-1)],
-            "referable": grade >= self.model.config.referable_grade,
+            "grade": None,
+            "label": None,
+            "scores": None,
+            "referable": None,
             "mode": _first(model_outputs["mode"]),
-            "gradable": True,
+            "gradable": bool(model_outputs["valid"].reshape(-1)[0]),
+            "grade_set": None,
+            "ood_score": ood_score if math.isfinite(ood_score) else None,
+            "reason": None,
+            "error_type": None,
         }
+        if not result["gradable"]:
+            result["reason"], result["error_type"] = (
+                _first(model_outputs["reason"]),
+                _first(model_outputs["error_type"]),
+            )
+            return result
+        grade = int(model_outputs["grade"].reshape(-1)[0])
+        result["grade"], result["label"] = grade, self.model.config.id2label[grade]
+        result["scores"] = [float(value) for value in model_outputs["scores"].reshape(-1)]
+        result["referable"] = grade >= self.model.config.referable_grade
+        result["grade_set"] = _grade_set(model_outputs["grade_set_bounds"].reshape(-1).tolist())
         if return_neighbors and result["mode"] == "knn":
             result["neighbors"] = self._describe_neighbors(
                 model_outputs["neighbor_indices"].reshape(-1),
                 model_outputs["neighbor_similarities"].reshape(-1),
             )
         return result
+
+    def _heatmap_fields(self, model_outputs: dict[str, Any]) -> dict[str, Any]:
+        from .gradcam_retinascan import overlay_heatmap, pixels_to_image
+
+        processor = self.image_processor
+        heatmap = model_outputs["heatmap"][0].numpy().copy()  # a copy: not a view into the batch's tensor
+        picture = pixels_to_image(
+            model_outputs["heatmap_pixels"][0], processor.image_mean, processor.image_std, processor.do_normalize
+        )
+        return {"heatmap": heatmap, "overlay": overlay_heatmap(picture, heatmap)}
 
     def _describe_neighbors(self, indices: torch.Tensor, similarities: torch.Tensor) -> list[dict[str, Any]]:
         bank = self.feature_bank
@@ -218,4 +421,20 @@ class RetinaScanPipeline(Pipeline):
             self.feature_bank.save_pretrained(save_directory)
 
 
-__all__ = ["RetinaScanPipeline", "pipeline_registration"]
+def register_pipeline_task(replace: bool = True) -> None:
+    """Make `pipeline("retinascan")` this module's [`RetinaScanPipeline`] (with `AutoModel` for model ids).
+
+    The installed package calls this from `register()` (`replace=True`: its classes win). A model loaded through
+    remote code calls it with `replace=False` (see `RetinaScanModel.__init__`), so that `pipeline("retinascan",
+    model=<that model object>, image_processor=...)` works in a process that never imported `retinascan_hf`,
+    without displacing a pipeline already registered.
+    """
+    registered = PIPELINE_REGISTRY.supported_tasks.get(PIPELINE_TASK)
+    if registered is not None and (registered["impl"] is RetinaScanPipeline or not replace):
+        return
+    PIPELINE_REGISTRY.register_pipeline(
+        PIPELINE_TASK, pipeline_class=RetinaScanPipeline, pt_model=AutoModel, type="image"
+    )
+
+
+__all__ = ["RetinaScanPipeline", "register_pipeline_task"]

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 from transformers import pipeline
+from transformers.testing_utils import CaptureLogger
 
 from retinascan_hf import FeatureBank, RetinaScanPipeline
+from retinascan_hf.pipeline_retinascan import logger
 from retinascan_hf.synthetic import render_fundus
 
 RESULT_KEYS = {"grade", "label", "scores", "referable", "mode", "gradable"}
@@ -87,8 +89,8 @@ def test_bad_items_are_flagged_and_the_rest_still_graded(grader, fundus_images, 
     for index, error_type in ((1, "InvalidImageError"), (2, "NoFundusFoundError"), (4, "InvalidImageError")):
         assert results[index]["gradable"] is False and results[index]["grade"] is None
         assert results[index]["error_type"] == error_type
-    assert "corrupt.jpg" in results[1]["error"]
-    assert "No visible fundus" in results[2]["error"]
+    assert "corrupt.jpg" in results[1]["reason"]
+    assert "No visible fundus" in results[2]["reason"]
 
 
 @pytest.mark.parametrize("mode", ["knn", "ordinal", "prototype"])
@@ -113,10 +115,13 @@ def test_path_and_numpy_inputs(grader, tmp_path):
 
 def test_without_a_bank_knn_falls_back_to_ordinal_with_a_warning(tiny_model_and_processor, fundus_images):
     model, processor = tiny_model_and_processor
-    grader = RetinaScanPipeline(model=model, image_processor=processor, feature_bank=False)
-    assert grader(fundus_images[0])["mode"] == "ordinal"  # default without a bank, silently
-    with pytest.warns(UserWarning, match="feature bank"):
+    with CaptureLogger(logger) as captured:
+        grader = RetinaScanPipeline(model=model, image_processor=processor, feature_bank=False)
+        assert grader(fundus_images[0])["mode"] == "ordinal"  # no bank by request: silently
+    assert captured.out == ""
+    with CaptureLogger(logger) as captured:
         assert grader(fundus_images[0], mode="knn")["mode"] == "ordinal"
+    assert "mode='knn' needs a feature bank" in captured.out
 
 
 def test_incompatible_bank_is_refused_with_both_dims(tiny_model_and_processor):
@@ -158,8 +163,8 @@ def test_url_inputs_are_fetched_and_http_errors_flagged(grader, fundus_images, t
     finally:
         server.shutdown()
     assert results[0]["grade"] == grader(str(tmp_path / "fundus.png"))["grade"] == 4
-    assert results[1]["gradable"] is False and results[1]["error_type"] == "InvalidImageError"
-    assert "missing.png" in results[1]["error"]
+    assert results[1]["gradable"] is False and results[1]["error_type"] == "ImageDownloadError"
+    assert "missing.png" in results[1]["reason"]
 
 
 def test_bank_comes_from_the_same_revision_as_the_weights(model_dir, tmp_path, fundus_images):

@@ -19,14 +19,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..image_processing_retinascan import NoFundusFoundError, RetinaScanImageProcessor, RetinaScanInputError
-from .schema import Exclusion, Record
-from .screen import Excluded
+if TYPE_CHECKING:  # at run time imported where used: `retinascan data --help` reads the constants below only
+    from ..image_processing_retinascan import RetinaScanImageProcessor
+    from .schema import Exclusion, Record
+    from .screen import Excluded
 
 STORE_MODES: tuple[str, ...] = ("bytes", "paths")
 IMAGE_FORMATS: dict[str, str] = {"jpeg": ".jpg", "png": ".png"}
@@ -61,6 +62,8 @@ class Preprocessing:
 
     def processor(self) -> RetinaScanImageProcessor:
         """The processor whose crop is stored: default fundus settings, output ``image_size``."""
+        from ..image_processing_retinascan import RetinaScanImageProcessor
+
         return RetinaScanImageProcessor(size=self.image_size)
 
     def encode(self, image: Image.Image) -> bytes:
@@ -135,6 +138,9 @@ def _target_name(index: int, image_id: str, extension: str) -> str:
 
 def _preprocess_one(settings: Preprocessing, task: tuple[str, str]) -> _Outcome:
     """Crop, resize, encode and write one image; never raises for a bad image, so one file cannot stop a build."""
+    from ..image_processing_retinascan import NoFundusFoundError, RetinaScanInputError
+    from .schema import Exclusion
+
     source, target = task
     try:
         source_bytes = os.path.getsize(source)
@@ -187,6 +193,8 @@ def preprocess_records(
     found (a blank or non-fundus frame) is excluded with reason ``no_fundus``; the others keep their
     order and split.
     """
+    from .screen import Excluded
+
     directory.mkdir(parents=True, exist_ok=True)
     extension = IMAGE_FORMATS[settings.image_format]
     targets = [directory / _target_name(index, record.image_id, extension) for index, record in enumerate(records)]
@@ -202,7 +210,9 @@ def preprocess_records(
     result = PreprocessResult([], [], [], 0, 0)
     for record, split, target, outcome in zip(records, split_names, targets, outcomes, strict=True):
         if outcome.issue is not None:
-            result.excluded.append(Excluded(record.image_id, record.source, str(record.path), outcome.issue))
+            result.excluded.append(
+                Excluded(record.image_id, record.source, str(record.path), outcome.issue, line=record.line)
+            )
             continue
         result.records.append(replace(record, path=target))
         result.split_names.append(split)

@@ -39,7 +39,10 @@ class BuildReport:
         protocol, seed, val_ratio, test_ratio: the split settings used.
         sources: per-source :class:`SourceCounts`.
         splits: ``splits[split][source]`` is the number of images per grade 0-4.
-        excluded: every excluded row, with its reason (and kept twin for duplicates).
+        excluded: every excluded row, with its reason (and kept twin for duplicates, line and detail for
+            malformed rows).
+        warnings: what the build could do but the user should know (a split too small, a source in too
+            few splits).
         storage: how images are stored (``store`` mode, build-time ``preprocessing`` settings or None)
             and, when preprocessed, the bytes of the source files and of the stored pictures.
     """
@@ -51,6 +54,7 @@ class BuildReport:
     sources: dict[str, SourceCounts]
     splits: dict[str, dict[str, list[int]]]
     excluded: list[Excluded]
+    warnings: list[str] = field(default_factory=list)
     storage: dict[str, Any] = field(default_factory=lambda: {"store": "bytes", "preprocessing": None})
 
     @classmethod
@@ -65,6 +69,7 @@ class BuildReport:
         seed: int,
         val_ratio: float,
         test_ratio: float,
+        warnings: Sequence[str] = (),
         storage: dict[str, Any] | None = None,
     ) -> BuildReport:
         """Count a finished screening and split; ``split_names`` is aligned with ``kept``."""
@@ -78,7 +83,7 @@ class BuildReport:
         splits = {split: {source: [0] * len(ICDR_LABELS) for source in sources} for split in SPLITS}
         for record, split in zip(kept, split_names, strict=True):
             splits[split][record.source][record.grade or 0] += 1
-        report = cls(protocol, seed, val_ratio, test_ratio, sources, splits, list(excluded))
+        report = cls(protocol, seed, val_ratio, test_ratio, sources, splits, list(excluded), list(warnings))
         if storage is not None:
             report.storage = storage
         return report

@@ -115,12 +115,20 @@ def collate_views(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.T
 
 
 def view_loader(dataset: FundusViews, batches: Sequence[Sequence[ViewRequest]], num_workers: int) -> DataLoader:
-    """A loader whose every batch is one list of `(row, views)` requests."""
+    """A loader whose every batch is one list of `(row, views)` requests.
+
+    It draws its worker seed from a generator of its own: by default a `DataLoader` takes it from the global
+    torch RNG at every iteration, so whether features came from the cache (no loader) or were computed (one
+    loader per group) would shift every later dropout mask, and two runs on the same data and seed would
+    train different models. Views are seeded explicitly (`FundusAugmentation.view`), so workers need no
+    randomness of their own.
+    """
     return DataLoader(
         dataset,
         batch_sampler=batches,
         collate_fn=collate_views,
         num_workers=num_workers,
+        generator=torch.Generator().manual_seed(0),
     )
 
 
@@ -141,16 +149,42 @@ class ComputedFeatures:
 
 
 @torch.no_grad()
+def fixed_shape_features(
+    model: RetinaScanModel, pixel_values: torch.Tensor, batch_size: int, accelerator: Accelerator
+) -> torch.Tensor:
+    """Backbone features `[B, D]` (float32, CPU) of `pixel_values`, in forwards of exactly `batch_size` images.
+
+    The last forward is padded with copies of its last image. Why: the matrix kernels a backend picks, and so
+    the rounding of each output row, depend on the batch shape (a lone image and the same image in a batch of
+    32 differ by ~1e-6), not on the other rows. With one shape, an image's features are the same bits whether
+    it was computed in this run, in an earlier run that filled the cache with other images, or after a resume,
+    so training on them is reproducible whatever the feature cache held.
+    """
+    parts = []
+    for start in range(0, len(pixel_values), batch_size):
+        chunk = pixel_values[start : start + batch_size]
+        real = len(chunk)
+        if real < batch_size:
+            chunk = torch.cat([chunk, chunk[-1:].expand(batch_size - real, *chunk.shape[1:])])
+        with accelerator.autocast():
+            features = model.forward_features(chunk.to(accelerator.device, model.dtype))
+        parts.append(features[:real].float().cpu())
+    return torch.cat(parts) if parts else torch.empty(0, model.config.embedding_dim)
+
+
+@torch.no_grad()
 def forward_views(
     model: RetinaScanModel,
     dataset: FundusViews,
     batches: Sequence[Sequence[ViewRequest]],
     *,
     accelerator: Accelerator,
+    batch_size: int,
     num_workers: int = 0,
     bar: tqdm | None = None,
 ) -> Iterator[ComputedFeatures]:
-    """Backbone features of each batch of `batches`, in order, on this process (CPU float32).
+    """Backbone features of each batch of `batches`, in order, on this process (CPU float32), in forwards of
+    `batch_size` images (see [`fixed_shape_features`]).
 
     `model` is the unwrapped model (inference needs no gradient synchronisation); it runs in eval mode and
     its train/eval mode is restored afterwards, so this can run between training epochs. `bar` advances by
@@ -161,9 +195,8 @@ def forward_views(
     loader = view_loader(dataset, batches, num_workers) if batches else ()
     try:
         for requested, batch in zip(batches, loader, strict=True):
-            with accelerator.autocast():
-                features = model.forward_features(batch["pixel_values"].to(accelerator.device, model.dtype))
-            yield ComputedFeatures(batch["row"], batch["view"], features.float().cpu())
+            features = fixed_shape_features(model, batch["pixel_values"], batch_size, accelerator)
+            yield ComputedFeatures(batch["row"], batch["view"], features)
             if bar is not None:
                 bar.update(len(requested))
     finally:
@@ -182,13 +215,18 @@ def compute_features(
     description: str = "backbone features",
 ) -> ComputedFeatures:
     """Run the backbone over `requests`, each process taking every `num_processes`-th request; every process
-    receives all results (for the feature cache, which never gathers, see `feature_cache.cached_features`)."""
+    receives all results (the feature cache never gathers: see `feature_cache.cached_features`). Forwards hold
+    `batch_size` images each (see [`fixed_shape_features`]).
+    """
     mine = list(requests[accelerator.process_index :: accelerator.num_processes])
     batches = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
     bar = tqdm(
         total=len(mine), desc=description, unit="img", disable=not (progress and accelerator.is_local_main_process)
     )
-    parts = list(forward_views(model, dataset, batches, accelerator=accelerator, num_workers=num_workers, bar=bar))
+    computed = forward_views(
+        model, dataset, batches, accelerator=accelerator, batch_size=batch_size, num_workers=num_workers, bar=bar
+    )
+    parts = list(computed)
     bar.close()
     local = ComputedFeatures.concatenate(parts, model.config.embedding_dim)
     if accelerator.num_processes == 1:
@@ -202,6 +240,7 @@ __all__ = [
     "ViewRequest",
     "collate_views",
     "compute_features",
+    "fixed_shape_features",
     "forward_views",
     "view_loader",
 ]

@@ -1,4 +1,5 @@
-"""After training: best weights, calibration, the feature bank, test evaluation, one complete model folder.
+"""After training: best weights, calibration, the feature bank, conformal grade sets, test evaluation, one
+complete model folder.
 
 The folder is what `RetinaScanModel.from_pretrained` and `pipeline("retinascan", model=DIR,
 trust_remote_code=True)` load: weights and config (with the fitted temperatures and thresholds), the
@@ -8,7 +9,6 @@ crash never leaves a half-written model where a previous good one was.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,17 @@ from accelerate import Accelerator
 from transformers.utils import CONFIG_NAME
 
 from ..atomic_io import atomic_directory
-from ..feature_bank import FeatureBank
+from ..feature_bank import FeatureBank, OODReference
 from ..image_processing_retinascan import RetinaScanImageProcessor
+from ..metrics.plots import save_confusion_matrix
 from ..modeling_retinascan import RetinaScanModel
+from ..release.card import write_training_card
 from .calibration import CalibrationResult, calibrate
 from .checkpointing import load_best_weights
 from .config import TrainingConfig
+from .conformal import ConformalResult, fit_conformal
 from .evaluation import evaluate_modes, head_outputs
+from .ood import OODCalibration, fit_ood_threshold, flagged_fraction
 from .splits import TrainingSplit
 
 MODEL_DIR_NAME = "model"
@@ -33,8 +37,10 @@ CONFUSION_MATRIX_NAME = "confusion_matrix.png"
 
 
 def build_feature_bank(model: RetinaScanModel, train: TrainingSplit, batch_size: int) -> FeatureBank:
-    """Embeddings of the un-augmented training images under the final heads, with grades, ids and sources."""
-    embeddings = head_outputs(model, train.view_features(model), batch_size).embeddings
+    """Embeddings of the un-augmented training images under the final heads, with grades, ids and sources, and
+    the OOD reference: the backbone's image embeddings of (a sample of) the same images."""
+    features = train.view_features(model)
+    embeddings = head_outputs(model, features, batch_size).embeddings
     return FeatureBank(
         embeddings,
         train.grades.cpu(),
@@ -42,6 +48,7 @@ def build_feature_bank(model: RetinaScanModel, train: TrainingSplit, batch_size:
         image_ids=train.image_ids,
         num_labels=model.config.num_labels,
         config_hash=model.config.embedding_hash(),
+        ood_reference=OODReference.sample(features.float().cpu()),
     )
 
 
@@ -54,7 +61,34 @@ def calibrate_model(model: RetinaScanModel, validation: TrainingSplit, config: T
         validation.grades,
         fit_temperatures=config.calibrate,
         fit_thresholds=config.tune_thresholds,
+        min_grade_recall=config.min_grade_recall,
     )
+    result.apply(model.config)
+    return result
+
+
+def calibrate_ood(
+    model: RetinaScanModel, bank: FeatureBank, splits: dict[str, TrainingSplit], config: TrainingConfig
+) -> dict[str, Any] | None:
+    """Fit the OOD threshold on the validation images' backbone features, write it into `model.config`, and
+    report the fraction of each evaluated split it flags (the in-distribution price of the check); `None` if it
+    cannot be fitted."""
+    features = {name: split.view_features(model) for name, split in splits.items() if name != "train" and len(split)}
+    calibration: OODCalibration | None = fit_ood_threshold(bank, features["validation"], config.ood_quantile)
+    if calibration is None:
+        return None
+    calibration.apply(model)
+    flagged = {name: flagged_fraction(bank, values, calibration.threshold) for name, values in features.items()}
+    return {**calibration.to_dict(), "flagged_fraction": flagged}
+
+
+def calibrate_grade_sets(
+    model: RetinaScanModel, validation: TrainingSplit, bank: FeatureBank, config: TrainingConfig
+) -> ConformalResult:
+    """Split-conformal calibration of every mode's grade sets on the validation split, written into
+    `model.config`. Runs after everything that shapes a decision (temperatures, thresholds, bank)."""
+    outputs = head_outputs(model, validation.view_features(model), config.eval_batch_size)
+    result = fit_conformal(outputs, validation.grades.cpu(), model.config, bank)
     result.apply(model.config)
     return result
 
@@ -73,7 +107,8 @@ def finalize(
     accelerator: Accelerator,
     report: dict[str, Any],
 ) -> dict[str, Any]:
-    """Load the best weights, calibrate, build the bank, evaluate validation and test in every decision mode,
+    """Load the best weights, calibrate, build the bank, calibrate the grade sets, evaluate validation and test in
+    every decision mode,
     and (main process only) write `model/` and the test confusion matrix.
 
     Every process computes the same numbers (they may all be needed for distributed feature forwards);
@@ -83,6 +118,9 @@ def finalize(
     used_best = load_best_weights(model, output_dir / "best")
     calibration = calibrate_model(model, splits["validation"], config)
     bank = build_feature_bank(model, splits["train"], config.eval_batch_size)
+    ood = calibrate_ood(model, bank, splits, config)
+    # Conformal grade sets: last of the calibrations, as it measures the final decisions.
+    conformal = calibrate_grade_sets(model, splits["validation"], bank, config)
     evaluation = {
         name: evaluate_modes(model, split.view_features(model), split.grades, bank, config.eval_batch_size)
         for name, split in splits.items()
@@ -93,6 +131,8 @@ def finalize(
         **report,
         "best_weights_used": used_best,
         "calibration": calibration.to_dict(),
+        "ood": ood,
+        "conformal": {"calibration_size": conformal.calibration_size, "coverage": model.config.conformal_coverage},
         "evaluation": evaluation,
         "model_dir": str(model_dir),
     }
@@ -103,6 +143,7 @@ def finalize(
             model.save_pretrained(staging)
             processor.save_pretrained(staging)
             bank.save_pretrained(staging)
+            write_training_card(staging, model.config, metrics, data_dir=config.data, backbone=config.backbone)
         if "test" in evaluation:
             knn = evaluation["test"]["knn"]
             metrics["confusion_matrix_png"] = save_confusion_matrix(
@@ -114,37 +155,14 @@ def finalize(
     return metrics
 
 
-def save_confusion_matrix(matrix: np.ndarray, path: Path, title: str) -> str | None:
-    """A labelled confusion-matrix picture (matplotlib, Agg); `None` when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib import pyplot as plt
-    except ImportError:
-        return None
-    figure, axes = plt.subplots(figsize=(4.5, 4))
-    axes.imshow(matrix, cmap="Blues")
-    for (row, column), count in np.ndenumerate(matrix):
-        colour = "white" if count > matrix.max() / 2 else "black"
-        axes.text(column, row, str(count), ha="center", va="center", color=colour)
-    grades = range(matrix.shape[0])
-    axes.set(xticks=grades, yticks=grades, xlabel="predicted grade", ylabel="true grade", title=title)
-    figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    figure.savefig(temporary, dpi=100)
-    plt.close(figure)
-    os.replace(temporary, path)
-    return str(path)
-
-
 __all__ = [
     "CONFUSION_MATRIX_NAME",
     "METRICS_NAME",
     "MODEL_DIR_NAME",
     "build_feature_bank",
+    "calibrate_grade_sets",
     "calibrate_model",
+    "calibrate_ood",
     "finalize",
     "majority_baseline",
-    "save_confusion_matrix",
 ]

@@ -45,6 +45,7 @@ from .data import FundusViews, ViewRequest, forward_views
 
 _FORMAT = "retinascan-feature-cache"
 _VERSION = "3"  # append-only chunk folders; version 2 single-shard files are ignored (recomputed once)
+_NOT_PROCESSING = ("auto_map", "processor_class")  # processor dict keys that do not change its output
 FLUSH_EVERY = 2048  # images per chunk (at least): a killed run loses at most this much backbone work
 STATISTICS_BLOCK_ROWS = 1024  # rows per block of the streamed feature statistics (cache-sized float64 blocks)
 MAX_CHUNKS_PER_SPLIT = 32  # larger splits get larger chunks, so a reader maps a bounded number of files
@@ -66,7 +67,10 @@ def backbone_fingerprint(model: RetinaScanModel, processor: RetinaScanImageProce
         for name, tensor in sorted(module.state_dict().items()):
             digest.update(f"{prefix}.{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
-    digest.update(json.dumps(processor.to_dict(), sort_keys=True, default=str).encode())
+    # `auto_map` (remote-code bookkeeping `save_pretrained` adds) does not change a pixel: a processor loaded from
+    # a model folder must find the features cached by the in-memory processor that trained it.
+    settings = {key: value for key, value in processor.to_dict().items() if key not in _NOT_PROCESSING}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:20]
 
 
@@ -454,9 +458,10 @@ def _fill(
     """Compute this process's share of `requests` and write it as chunks.
 
     Batches are formed from the full request list and dealt out whole (batch `b` to process
-    `b % num_processes`), so every batch holds the same images whatever the number of processes, and a
-    multi-process cache equals a single-process one. The global RNG is left as it was (the data loader draws
-    its seed from it), so a run that fills the cache and one that reuses it continue identically.
+    `b % num_processes`), and every forward holds exactly `batch_size` images ([`fixed_shape_features`]), so an
+    image's features are the same bits whatever the number of processes: a multi-process cache equals a
+    single-process one. The loader draws no global randomness ([`view_loader`]), so a run that fills the cache
+    and one that reuses it continue identically.
     """
     batches = [list(requests[start : start + batch_size]) for start in range(0, len(requests), batch_size)]
     mine = batches[accelerator.process_index :: accelerator.num_processes]
@@ -472,10 +477,11 @@ def _fill(
         for view in sorted({view for _, views in requests for view in views}):
             cache.remove_stale_temporaries(split, view)
     writer = _ChunkWriter(cache, split, dataset.cache_keys, hashes, chunk_images)
-    with torch.random.fork_rng(devices=[]):
-        computed = forward_views(model, dataset, mine, accelerator=accelerator, num_workers=num_workers, bar=bar)
-        for batch, result in zip(mine, computed, strict=True):
-            writer.add(result.rows, result.views, result.features, images=len(batch))
+    computed = forward_views(
+        model, dataset, mine, accelerator=accelerator, batch_size=batch_size, num_workers=num_workers, bar=bar
+    )
+    for batch, result in zip(mine, computed, strict=True):
+        writer.add(result.rows, result.views, result.features, images=len(batch))
     writer.flush()
     bar.close()
 
