@@ -525,17 +525,27 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         return self.text_prototypes
 
     @torch.no_grad()
-    def set_feature_statistics(self, image_features: torch.Tensor, eps: float = 1e-6) -> None:
+    def set_feature_statistics(
+        self,
+        image_features: torch.Tensor | None = None,
+        eps: float = 1e-6,
+        *,
+        statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         """Standardise backbone features with the per-dimension mean and std of `image_features` `[..., D]`.
 
         Training calls this once with the (cached) training features, before fitting the heads; the
-        statistics are saved with the weights, so inference applies the same standardisation.
+        statistics are saved with the weights, so inference applies the same standardisation. A cache too
+        large for memory passes its streamed `statistics=(mean, std)` instead.
         """
-        flat = image_features.detach().reshape(-1, image_features.shape[-1]).float()
-        if flat.shape[0] < 2:
-            raise ValueError("Feature statistics need at least two feature vectors.")
-        self.feature_mean.copy_(flat.mean(dim=0))
-        self.feature_std.copy_(flat.std(dim=0).clamp_min(eps))
+        if statistics is None:
+            flat = image_features.detach().reshape(-1, image_features.shape[-1]).float()
+            if flat.shape[0] < 2:
+                raise ValueError("Feature statistics need at least two feature vectors.")
+            statistics = (flat.mean(dim=0), flat.std(dim=0))
+        mean, std = statistics
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std.clamp_min(eps))
 
     def backbone_outputs(
         self, pixel_values: torch.Tensor, output_attentions: bool = False, output_hidden_states: bool = False

@@ -191,7 +191,8 @@ def test_a_feature_cache_shard_replaced_by_a_pickle_fails_without_running_it(tmp
     views = FundusViews(synthetic_corpus({"train": (1,) * 5}, size=48)["train"], processor, augmentation, seed=0)
     accelerator = Accelerator(cpu=True)
     cached_features(model, views, "train", 1, cache=cache, accelerator=accelerator, batch_size=8, progress=False)
-    cache.shard_path("train", 0).write_bytes(pickler(marker))
+    (chunk,) = cache.chunk_paths("train", 0)
+    chunk.write_bytes(pickler(marker))
     with pytest.raises(Exception, match=r"(?i)header|deserializ|safetensor"):
         cached_features(model, views, "train", 1, cache=cache, accelerator=accelerator, batch_size=8, progress=False)
     assert not marker.exists()

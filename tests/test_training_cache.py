@@ -76,9 +76,10 @@ def test_cache_is_keyed_by_image_and_matches_direct_forwards(tmp_path):
 
     def features(dataset_split):
         views = FundusViews(dataset_split, processor, augmentation, seed=0)
-        return cached_features(
+        rows, stats = cached_features(
             model, views, "train", 2, cache=cache, accelerator=accelerator, batch_size=4, progress=False
         )
+        return rows.load(), stats
 
     part, stats = features(split.select(range(4)))
     assert vars(stats) == {"reused": 0, "computed": 8}
@@ -101,9 +102,10 @@ def test_an_image_id_reused_for_another_picture_is_recomputed_not_served_stale(t
 
     def features(split):
         views = FundusViews(split, processor, augmentation, seed=0)
-        return cached_features(
+        rows, stats = cached_features(
             model, views, "train", 1, cache=cache, accelerator=Accelerator(cpu=True), batch_size=8, progress=False
         )
+        return rows.load(), stats
 
     first, _ = features(small)
     second, stats = features(other)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..corpus.adapters import KINDS
+from ..corpus.preprocess import DEFAULT_JPEG_QUALITY, IMAGE_FORMATS, STORE_MODES
 
 
 class _CollectSources(argparse.Action):
@@ -66,7 +67,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     build.add_argument("--val-ratio", type=float, default=0.1, help="validation fraction (default 0.1)")
     build.add_argument("--test-ratio", type=float, default=0.1, help="test fraction, merged protocol (default 0.1)")
-    build.add_argument("--num-proc", type=int, default=1, help="processes that check and hash images")
+    build.add_argument(
+        "--num-proc", type=int, default=1, help="processes that check, hash and (with --image-size) preprocess images"
+    )
+    build.add_argument(
+        "--image-size",
+        type=int,
+        metavar="PX",
+        help="store each image preprocessed once: cropped to the fundus, square, resized to PX (e.g. 512; "
+        "recommended for camera originals) instead of the original bytes",
+    )
+    build.add_argument(
+        "--image-format",
+        choices=sorted(IMAGE_FORMATS),
+        default="jpeg",
+        help="encoding of preprocessed images (default jpeg)",
+    )
+    build.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=DEFAULT_JPEG_QUALITY,
+        help=f"JPEG quality of preprocessed images (default {DEFAULT_JPEG_QUALITY})",
+    )
+    build.add_argument(
+        "--store",
+        choices=STORE_MODES,
+        default="bytes",
+        help="bytes (default): the corpus embeds the images; paths: rows hold absolute paths and nothing is "
+        "copied (the files must stay in place)",
+    )
     build.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the corpus and its card to the Hub")
     build.add_argument("--public", action="store_true", help="make the Hub dataset public (default private)")
     build.add_argument("--no-progress", dest="progress", action="store_false", help="hide every progress bar")
@@ -76,9 +105,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     """Build (and optionally push) the corpus, print its tables."""
     from ..corpus.build import build_corpus
+    from ..corpus.preprocess import ImageStorage, Preprocessing
     from ..corpus.report import REPORT_FILE, format_table
     from ..progress import progress_bars
 
+    if args.push_to_hub and args.store == "paths":
+        raise ValueError(
+            "a --store paths corpus holds paths to files on this machine and cannot be pushed to the Hub; "
+            "build with --store bytes (optionally with --image-size) to push it."
+        )
+    preprocessing = None
+    if args.image_size is not None:
+        preprocessing = Preprocessing(args.image_size, args.image_format, args.jpeg_quality)
+    storage = ImageStorage(args.store, preprocessing)
     with progress_bars(args.progress):
         report = build_corpus(
             args.sources,
@@ -89,6 +128,7 @@ def run_build(args: argparse.Namespace) -> int:
             test_ratio=args.test_ratio,
             num_proc=args.num_proc,
             progress=args.progress,
+            storage=storage,
         )
     print(format_table(report.source_table()), end="\n\n")
     print(format_table(report.split_table()), end="\n\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,12 +12,16 @@ from transformers.utils import logging
 from ..atomic_io import atomic_directory, check_replaceable, recover_directory
 from .adapters import ADAPTERS
 from .dataset import save_corpus, to_dataset_dict
+from .preprocess import ImageStorage, preprocess_records
 from .report import REPORT_FILE, BuildReport
 from .schema import Record
 from .screen import Excluded, screen_records
 from .split import Protocol, assign_splits, split_warnings
 
 logger = logging.get_logger(__name__)
+
+# Preprocessed pictures are staged here (inside the staging folder) until `save_to_disk` embeds them.
+_PREPROCESSED_DIR = ".preprocessed"
 
 
 class EmptySourceError(ValueError):
@@ -57,6 +62,7 @@ def build_corpus(
     test_ratio: float = 0.1,
     num_proc: int = 1,
     progress: bool = True,
+    storage: ImageStorage | None = None,
 ) -> BuildReport:
     """Read, screen and split ``sources`` and save the corpus to ``out_dir``; return the report.
 
@@ -64,9 +70,12 @@ def build_corpus(
     of its published layout (the CSV file itself for ``csv``). ``out_dir`` receives
     ``DatasetDict.save_to_disk`` output (image bytes embedded) plus ``build_report.json``, written
     atomically; read it back with ``datasets.load_from_disk(out_dir)``. ``num_proc`` processes
-    check and hash images.
+    check and hash images (and preprocess them).
+    ``storage`` chooses what rows hold (:class:`ImageStorage`: original bytes by default, paths, or
+    pictures preprocessed at build time); it never changes which split an image lands in.
     The same sources, protocol, seed and ratios always give the same splits.
     """
+    storage = storage or ImageStorage()
     _check_output_is_apart(Path(out_dir), sources)
     plan = Protocol.parse(protocol)
     if not (0 <= val_ratio < 1 and 0 <= test_ratio < 1 and val_ratio + test_ratio < 1):
@@ -76,22 +85,38 @@ def build_corpus(
     kept, excluded = screen_records(found, num_proc=num_proc, progress=progress)
     _check_every_source_kept_something(by_kind, sources, kept, excluded)
     split_names = assign_splits(kept, plan, seed=seed, val_ratio=val_ratio, test_ratio=test_ratio)
-    warnings = split_warnings(kept, split_names, plan, plan.wanted_splits(val_ratio, test_ratio))
-    for warning in warnings:
-        logger.warning(warning)
-    report = BuildReport.summarise(
-        found=found,
-        kept=kept,
-        split_names=split_names,
-        excluded=excluded,
-        protocol=str(plan),
-        seed=seed,
-        val_ratio=val_ratio,
-        test_ratio=test_ratio,
-        warnings=warnings,
-    )
+    storage_facts = storage.to_dict()
     with atomic_directory(Path(out_dir), marker=REPORT_FILE) as staging:
-        save_corpus(to_dataset_dict(kept, split_names), staging, progress=progress)
+        if storage.preprocessing is not None:
+            prepared = preprocess_records(
+                kept,
+                split_names,
+                storage.preprocessing,
+                staging / _PREPROCESSED_DIR,
+                num_proc=num_proc,
+                progress=progress,
+            )
+            kept, split_names = prepared.records, prepared.split_names
+            excluded = [*excluded, *prepared.excluded]
+            storage_facts.update(source_bytes=prepared.source_bytes, stored_bytes=prepared.stored_bytes)
+            _check_every_source_kept_something(by_kind, sources, kept, excluded)
+        warnings = split_warnings(kept, split_names, plan, plan.wanted_splits(val_ratio, test_ratio))
+        for warning in warnings:
+            logger.warning(warning)
+        report = BuildReport.summarise(
+            found=found,
+            kept=kept,
+            split_names=split_names,
+            excluded=excluded,
+            protocol=str(plan),
+            seed=seed,
+            val_ratio=val_ratio,
+            test_ratio=test_ratio,
+            warnings=warnings,
+            storage=storage_facts,
+        )
+        save_corpus(to_dataset_dict(kept, split_names, storage), staging, progress=progress)
+        shutil.rmtree(staging / _PREPROCESSED_DIR, ignore_errors=True)  # embedded now; not part of the corpus
         report.save(staging / REPORT_FILE)
     return report
 

@@ -43,6 +43,8 @@ class BuildReport:
             malformed rows).
         warnings: what the build could do but the user should know (a split too small, a source in too
             few splits).
+        storage: how images are stored (``store`` mode, build-time ``preprocessing`` settings or None)
+            and, when preprocessed, the bytes of the source files and of the stored pictures.
     """
 
     protocol: str
@@ -53,6 +55,7 @@ class BuildReport:
     splits: dict[str, dict[str, list[int]]]
     excluded: list[Excluded]
     warnings: list[str] = field(default_factory=list)
+    storage: dict[str, Any] = field(default_factory=lambda: {"store": "bytes", "preprocessing": None})
 
     @classmethod
     def summarise(
@@ -67,6 +70,7 @@ class BuildReport:
         val_ratio: float,
         test_ratio: float,
         warnings: Sequence[str] = (),
+        storage: dict[str, Any] | None = None,
     ) -> BuildReport:
         """Count a finished screening and split; ``split_names`` is aligned with ``kept``."""
         sources = {source: SourceCounts() for source in sorted({record.source for record in found})}
@@ -79,7 +83,10 @@ class BuildReport:
         splits = {split: {source: [0] * len(ICDR_LABELS) for source in sources} for split in SPLITS}
         for record, split in zip(kept, split_names, strict=True):
             splits[split][record.source][record.grade or 0] += 1
-        return cls(protocol, seed, val_ratio, test_ratio, sources, splits, list(excluded), list(warnings))
+        report = cls(protocol, seed, val_ratio, test_ratio, sources, splits, list(excluded), list(warnings))
+        if storage is not None:
+            report.storage = storage
+        return report
 
     @property
     def num_kept(self) -> int:

@@ -32,6 +32,7 @@ class Exclusion(str, Enum):
     TRUNCATED_FILE = "truncated_file"
     DUPLICATE_ID = "duplicate_id"
     DUPLICATE_IMAGE = "duplicate_image"
+    NO_FUNDUS = "no_fundus"  # build-time preprocessing (`--image-size`) found no fundus disc to crop
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,7 @@ def split_features(
         batch_size=settings.batch_size,
         progress=settings.progress,
     )
-    return features[:, 0], {"directory": str(cache.directory), "fingerprint": cache.fingerprint, **vars(stats)}
+    return features.view(0), {"directory": str(cache.directory), "fingerprint": cache.fingerprint, **vars(stats)}
 
 
 def _point_metrics(decision: GradeDecision, references: np.ndarray, model: RetinaScanModel, rows: np.ndarray) -> dict:

@@ -75,6 +75,11 @@ class TrainingConfig:
         help="root of the frozen-backbone feature cache (one sub-folder per backbone+processor fingerprint), "
         f"shared between runs; None means {DEFAULT_CACHE_DIR_HELP}",
     )
+    feature_cache_dtype: Literal["float32", "float16"] = _option(
+        "float32",
+        help="storage of cached features: float32 (exact) or float16 (half the disk and page cache; features "
+        "are rounded once, identically whether a run computes them or reuses them)",
+    )
     freeze_backbone: bool = _option(
         True,
         help="train only the heads on cached backbone features (fast path); --no-freeze-backbone fine-tunes "

@@ -8,7 +8,7 @@ exact picture the pipeline sees at inference.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,17 +20,21 @@ from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..corpus.dataset import corpus_location, image_source
 from ..image_processing_retinascan import RetinaScanImageProcessor
 from ..modeling_retinascan import RetinaScanModel
 from .augment import FundusAugmentation
 
 
-def _content_digest(encoded: dict[str, Any]) -> str:
-    data = encoded.get("bytes")
-    if data is None:
-        with open(encoded["path"], "rb") as handle:
-            data = handle.read()
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
+def _content_digest(source: bytes | str) -> str:
+    if isinstance(source, str):
+        with open(source, "rb") as handle:
+            source = handle.read()
+    return hashlib.blake2b(source, digest_size=8).hexdigest()
+
+
+# Rows whose content digests are computed together: bounds the image bytes held at once, whatever the corpus size.
+_DIGEST_BATCH = 256
 
 
 # A unit of work: one corpus row and the views of it to produce.
@@ -60,6 +64,7 @@ class FundusViews(Dataset):
         self.seed = seed
         self.image_ids: list[str] = list(split["image_id"])
         self.grades: list[int] = list(split["grade"])
+        self.corpus_name = corpus_location(split)
         self._cache_keys: list[str] | None = None
 
     @property
@@ -71,21 +76,25 @@ class FundusViews(Dataset):
         for the other. Hashing the encoded bytes costs a read of each file, no decoding.
         """
         if self._cache_keys is None:
+            images = self.split.select_columns(["image"]).iter(batch_size=_DIGEST_BATCH)
+            encoded_rows = (encoded for batch in images for encoded in batch["image"])
             self._cache_keys = [
-                f"{image_id}@{_content_digest(encoded)}"
-                for image_id, encoded in zip(self.image_ids, self.split["image"], strict=True)
+                f"{image_id}@{_content_digest(self._source(encoded, image_id))}"
+                for image_id, encoded in zip(self.image_ids, encoded_rows, strict=True)
             ]
         return self._cache_keys
+
+    def _source(self, encoded: dict[str, Any], image_id: str) -> bytes | str:
+        """The bytes or the path to decode; a path that has gone missing raises naming file, row and corpus."""
+        return image_source(encoded, image_id, self.corpus_name)
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, request: ViewRequest) -> dict[str, Any]:
         row, views = request
-        encoded = self.split[row]["image"]
-        source = encoded["bytes"] if encoded.get("bytes") is not None else encoded["path"]
-        picture = self.processor.to_model_image(source)
         image_id = self.image_ids[row]
+        picture = self.processor.to_model_image(self._source(self.split[row]["image"], image_id))
         pixels = [
             self.processor.normalize_image(
                 self.augmentation.view(picture, seed=self.seed, image_id=image_id, view=view)
@@ -164,6 +173,36 @@ def fixed_shape_features(
 
 
 @torch.no_grad()
+def forward_views(
+    model: RetinaScanModel,
+    dataset: FundusViews,
+    batches: Sequence[Sequence[ViewRequest]],
+    *,
+    accelerator: Accelerator,
+    batch_size: int,
+    num_workers: int = 0,
+    bar: tqdm | None = None,
+) -> Iterator[ComputedFeatures]:
+    """Backbone features of each batch of `batches`, in order, on this process (CPU float32), in forwards of
+    `batch_size` images (see [`fixed_shape_features`]).
+
+    `model` is the unwrapped model (inference needs no gradient synchronisation); it runs in eval mode and
+    its train/eval mode is restored afterwards, so this can run between training epochs. `bar` advances by
+    the images of each batch.
+    """
+    was_training = model.training
+    model.eval()
+    loader = view_loader(dataset, batches, num_workers) if batches else ()
+    try:
+        for requested, batch in zip(batches, loader, strict=True):
+            features = fixed_shape_features(model, batch["pixel_values"], batch_size, accelerator)
+            yield ComputedFeatures(batch["row"], batch["view"], features)
+            if bar is not None:
+                bar.update(len(requested))
+    finally:
+        model.train(was_training)
+
+
 def compute_features(
     model: RetinaScanModel,
     dataset: FundusViews,
@@ -176,25 +215,19 @@ def compute_features(
     description: str = "backbone features",
 ) -> ComputedFeatures:
     """Run the backbone over `requests`, each process taking every `num_processes`-th request; every process
-    receives all results. Forwards hold `batch_size` images each (see [`fixed_shape_features`]).
-
-    `model` is the unwrapped model (inference needs no gradient synchronisation). Its train/eval mode is
-    restored afterwards, so this can run between training epochs.
+    receives all results (the feature cache never gathers: see `feature_cache.cached_features`). Forwards hold
+    `batch_size` images each (see [`fixed_shape_features`]).
     """
     mine = list(requests[accelerator.process_index :: accelerator.num_processes])
     batches = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
-    was_training = model.training
-    model.eval()
-    parts = []
     bar = tqdm(
         total=len(mine), desc=description, unit="img", disable=not (progress and accelerator.is_local_main_process)
     )
-    for requested, batch in zip(batches, view_loader(dataset, batches, num_workers) if batches else (), strict=True):
-        features = fixed_shape_features(model, batch["pixel_values"], batch_size, accelerator)
-        parts.append(ComputedFeatures(batch["row"], batch["view"], features))
-        bar.update(len(requested))
+    computed = forward_views(
+        model, dataset, batches, accelerator=accelerator, batch_size=batch_size, num_workers=num_workers, bar=bar
+    )
+    parts = list(computed)
     bar.close()
-    model.train(was_training)
     local = ComputedFeatures.concatenate(parts, model.config.embedding_dim)
     if accelerator.num_processes == 1:
         return local
@@ -208,5 +241,6 @@ __all__ = [
     "collate_views",
     "compute_features",
     "fixed_shape_features",
+    "forward_views",
     "view_loader",
 ]

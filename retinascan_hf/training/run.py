@@ -115,7 +115,10 @@ def prepare_splits(
         return splits, {"feature_cache": None}
     model.to(accelerator.device)
     cache = FeatureCache(
-        config.resolved_cache_dir, backbone_fingerprint(model, processor), augmentation_key(augmentation, config.seed)
+        config.resolved_cache_dir,
+        backbone_fingerprint(model, processor),
+        augmentation_key(augmentation, config.seed),
+        dtype=config.feature_cache_dtype,
     )
     splits, stats = {}, {}
     for name, dataset in views.items():
@@ -131,13 +134,15 @@ def prepare_splits(
             progress=config.progress,
         )
         sources = list(dataset.split["source"])
-        splits[name] = CachedSplit(features, torch.tensor(dataset.grades), dataset.image_ids, sources)
+        splits[name] = CachedSplit.from_cache(features, torch.tensor(dataset.grades), dataset.image_ids, sources)
     total = CacheStats()
     for split_stats in stats.values():
         total += split_stats
     report = {
         "directory": str(cache.directory),
         "fingerprint": cache.fingerprint,
+        "dtype": cache.dtype,
+        "memory_mapped": {name: not isinstance(split.features, torch.Tensor) for name, split in splits.items()},
         "splits": {name: vars(value) for name, value in stats.items()},
         "total": vars(total),
     }
@@ -170,7 +175,7 @@ def _run_training(config: TrainingConfig, accelerator: Accelerator) -> TrainingR
 
     train_split = splits["train"]
     if isinstance(train_split, CachedSplit):
-        model.set_feature_statistics(train_split.features)
+        model.set_feature_statistics(statistics=train_split.feature_statistics())
 
     started = time.perf_counter()
     trainer = RetinaScanTrainer(model, config, splits["train"], splits["validation"], accelerator)

@@ -17,6 +17,7 @@ from torch.utils.data import Sampler
 
 from ..modeling_retinascan import RetinaScanModel
 from .data import FundusViews, ViewRequest, compute_features, view_loader
+from .feature_cache import STATISTICS_BLOCK_ROWS, CachedFeatures, streamed_moments
 
 # One batch of an epoch's plan: `(row, view)` per example.
 BatchPlan = list[tuple[int, int]]
@@ -38,37 +39,73 @@ def epoch_plan(
         yield list(zip(rows, views.tolist(), strict=True))
 
 
+# Cached features up to this size (as float32) are read into memory once: the same values as the memory-mapped
+# reads, and faster batches. Larger caches stay memory-mapped, so head training runs in bounded memory.
+IN_MEMORY_LIMIT_BYTES = 1 << 30
+
+
 @dataclass
 class CachedSplit:
     """A split as cached backbone features.
 
     Attributes:
-        features: `[N, V, D]`; view 0 is the un-augmented picture.
+        features: `[N, V, D]`, in memory (a tensor) or memory-mapped from the feature cache
+            ([`CachedFeatures`]); view 0 is the un-augmented picture.
         grades: `[N]` ICDR grades.
         image_ids, sources: per row, for the feature bank's audit trail.
     """
 
-    features: torch.Tensor
+    features: torch.Tensor | CachedFeatures
     grades: torch.Tensor
     image_ids: list[str]
     sources: list[str]
+
+    @classmethod
+    def from_cache(
+        cls, features: CachedFeatures, grades: torch.Tensor, image_ids: list[str], sources: list[str]
+    ) -> CachedSplit:
+        """Keep `features` memory-mapped when larger than `IN_MEMORY_LIMIT_BYTES`, else read them in."""
+        rows = features.load() if features.nbytes <= IN_MEMORY_LIMIT_BYTES else features
+        return cls(rows, grades, image_ids, sources)
 
     def __len__(self) -> int:
         return self.features.shape[0]
 
     def to(self, device: torch.device) -> CachedSplit:
-        """Move the features once, instead of copying every batch to the device."""
-        self.features, self.grades = self.features.to(device), self.grades.to(device)
+        """Move in-memory features once, instead of copying every batch to the device (memory-mapped features
+        are read, and moved, per batch)."""
+        if isinstance(self.features, torch.Tensor):
+            self.features = self.features.to(device)
+        self.grades = self.grades.to(device)
         return self
 
     def batches(self, plan: Iterator[BatchPlan]) -> Iterator[dict[str, torch.Tensor]]:
+        device = self.grades.device
         for batch in plan:
-            rows, views = (torch.tensor(column, device=self.features.device) for column in zip(*batch, strict=True))
-            yield {"image_features": self.features[rows, views], "labels": self.grades[rows]}
+            rows, views = (torch.tensor(column) for column in zip(*batch, strict=True))
+            if isinstance(self.features, torch.Tensor):
+                features = self.features[rows.to(self.features.device), views.to(self.features.device)]
+            else:
+                features = self.features.gather(rows.numpy(), views.numpy()).to(device)
+            yield {"image_features": features, "labels": self.grades[rows.to(device)]}
 
     def view_features(self, model: RetinaScanModel) -> torch.Tensor:
         """Un-augmented features `[N, D]`; the backbone is frozen, so `model` does not change them."""
-        return self.features[:, 0]
+        if isinstance(self.features, torch.Tensor):
+            return self.features[:, 0]
+        return self.features.view(0)
+
+    def feature_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension mean and std over every row and view (what the model standardises features with),
+        streamed over the same blocks whether the features are in memory or memory-mapped, so both give
+        identical statistics."""
+        if not isinstance(self.features, torch.Tensor):
+            return self.features.statistics()
+        features = self.features.detach().cpu()
+        return streamed_moments(
+            features[start : start + STATISTICS_BLOCK_ROWS].reshape(-1, features.shape[-1]).numpy()
+            for start in range(0, len(features), STATISTICS_BLOCK_ROWS)
+        )
 
 
 @dataclass
@@ -127,4 +164,4 @@ class ImageSplit:
 
 TrainingSplit = CachedSplit | ImageSplit
 
-__all__ = ["BatchPlan", "CachedSplit", "ImageSplit", "TrainingSplit", "epoch_plan"]
+__all__ = ["IN_MEMORY_LIMIT_BYTES", "BatchPlan", "CachedSplit", "ImageSplit", "TrainingSplit", "epoch_plan"]
