@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "retinascan_hf.commands.data",
     "retinascan_hf.commands.train",
     "retinascan_hf.commands.grade",
+    "retinascan_hf.commands.export_onnx",
 )
 
 

@@ -3,7 +3,8 @@
 `pipeline("retinascan", model=..., trust_remote_code=True)` is the Hub user's path and runs the code
 stored in the repo. Code that has `retinascan_hf` installed should not need to trust (or prompt for)
 remote code: this loader builds the same pipeline from the installed classes, at one revision for all
-three artefacts.
+three artefacts. With `backend="onnx"` it never loads the torch weights: only the config, the ONNX graph,
+the processor and the bank.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from .feature_bank import FeatureBank
 from .image_processing_retinascan import RetinaScanImageProcessor
 from .modeling_retinascan import RetinaScanModel
+from .onnx_backend import BACKENDS, RetinaScanOnnxModel
 from .pipeline_retinascan import RetinaScanPipeline
 
 
@@ -22,11 +24,26 @@ def load_pipeline(
     revision: str | None = None,
     device: int | str | None = None,
     use_feature_bank: bool = True,
+    backend: str = "torch",
+    onnx_variant: str = "int8",
+    onnx_threads: int | None = None,
+    onnx_dir: str | os.PathLike | None = None,
     **pipeline_kwargs,
 ) -> RetinaScanPipeline:
-    """A [`RetinaScanPipeline`] for a model folder or Hub repo id (its bank is used when present)."""
+    """A [`RetinaScanPipeline`] for a model folder or Hub repo id (its bank is used when present).
+
+    `backend="onnx"` runs the `onnx_variant` graph of `retinascan export-onnx` (from the folder's `onnx/`, or
+    `onnx_dir`) with `onnx_threads` ONNX Runtime threads; `backend="torch"` (default) the torch model.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
     source = str(model_name_or_path)
-    model = RetinaScanModel.from_pretrained(source, revision=revision)
+    if backend == "onnx":
+        model = RetinaScanOnnxModel.from_pretrained(
+            source, variant=onnx_variant, num_threads=onnx_threads, onnx_dir=onnx_dir, revision=revision
+        )
+    else:
+        model = RetinaScanModel.from_pretrained(source, revision=revision)
     processor = RetinaScanImageProcessor.from_pretrained(source, revision=revision)
     bank = FeatureBank.from_pretrained(source, revision=revision, missing_ok=True) if use_feature_bank else None
     return RetinaScanPipeline(
@@ -34,5 +51,7 @@ def load_pipeline(
         image_processor=processor,
         feature_bank=bank if bank is not None else False,
         device=device,
+        backend=backend,
+        onnx_variant=onnx_variant,
         **pipeline_kwargs,
     )

@@ -24,6 +24,7 @@ from transformers import Pipeline
 from .feature_bank import FeatureBank
 from .image_processing_retinascan import describe_input
 from .modeling_retinascan import DECISION_MODES, decide
+from .onnx_backend import select_backend
 
 
 def _as_list(value: Any) -> list:
@@ -58,6 +59,11 @@ class RetinaScanPipeline(Pipeline):
         feature_bank (`FeatureBank`, `str` or `None`):
             The bank for `mode="knn"`. By default, the model folder's (or Hub repo's) `feature_bank.safetensors`
             is used if present; pass `False` to use none.
+        backend (`"torch"` or `"onnx"`, defaults to `"torch"`):
+            `"onnx"` runs the ONNX Runtime export saved beside the weights (`retinascan export-onnx`) instead of
+            the torch forward; preprocessing and decisions are the same code. Needs `retinascan-hf[onnx]`.
+        onnx_variant (`"int8"` or `"fp32"`, defaults to `"int8"`), onnx_threads (`int`, *optional*):
+            Which ONNX graph to run, and ONNX Runtime's thread count (default: `torch.get_num_threads()`).
         mode, k, return_neighbors, timeout: call-time options (see `__call__`).
     """
 
@@ -66,7 +72,20 @@ class RetinaScanPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
 
-    def __init__(self, *args, feature_bank: FeatureBank | str | os.PathLike | bool | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        feature_bank: FeatureBank | str | os.PathLike | bool | None = None,
+        backend: str = "torch",
+        onnx_variant: str = "int8",
+        onnx_threads: int | None = None,
+        **kwargs,
+    ):
+        if args:
+            args = (select_backend(args[0], backend, onnx_variant, onnx_threads), *args[1:])
+        else:
+            kwargs["model"] = select_backend(kwargs.get("model"), backend, onnx_variant, onnx_threads)
+        self.backend = backend
         super().__init__(*args, **kwargs)
         self.feature_bank = self._resolve_bank(feature_bank)
 
