@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,9 +233,8 @@ def export_onnx(
     """Export `model_dir`'s model to `output_dir` (default `model_dir/onnx`): `model.onnx`, with `int8` also
     `model_int8.onnx`, and `export_config.json`. Returns the record written.
 
-    `quantization="static"` needs `calibration_data` (a corpus folder or a folder of images). An int8 graph of
-    the same weights from an earlier run is kept when only fp32 is exported again; anything else in the folder
-    is replaced.
+    `quantization="static"` needs `calibration_data` (a corpus folder or a folder of images). The folder then
+    holds exactly what this run made: an earlier export there is replaced as a whole.
     """
     if quantization not in QUANTIZATION_METHODS:
         raise ValueError(f"quantization must be one of {QUANTIZATION_METHODS}, got {quantization!r}.")
@@ -266,7 +264,6 @@ def export_onnx(
         versions=_versions(),
         exporter="torch.onnx.export(dynamo=True)",
     )
-    kept_int8 = None if int8 else _fresh_int8(target, weights_sha256, record.graph)
     with atomic_directory(target, marker=EXPORT_CONFIG_NAME) as staging:
         fp32_path = staging / ONNX_VARIANT_FILES["fp32"]
         _export_fp32(model, check_batch, fp32_path, opset)
@@ -274,15 +271,10 @@ def export_onnx(
         if int8:
             settings = _quantize(fp32_path, staging / ONNX_VARIANT_FILES["int8"], quantization, calibration)
             variants["int8"] = {"quantization": settings}
-        elif kept_int8 is not None:
-            shutil.copy2(target / ONNX_VARIANT_FILES["int8"], staging / ONNX_VARIANT_FILES["int8"])
-            variants["int8"] = kept_int8[0]
-            record.parity["int8"] = kept_int8[1]
         for variant, entry in variants.items():
             path = staging / ONNX_VARIANT_FILES[variant]
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            if variant not in record.parity:
-                record.parity[variant] = _max_differences(session, check_batch, reference)
+            record.parity[variant] = _max_differences(session, check_batch, reference)
             entry.update(file=path.name, bytes=path.stat().st_size, sha256=sha256_of_files([str(path)]))
         record.variants = variants
         worst = max(record.parity["fp32"].values())
@@ -292,20 +284,6 @@ def export_onnx(
             )
         write_json_atomically(staging / EXPORT_CONFIG_NAME, record.to_json())
     return record
-
-
-def _fresh_int8(target: Path, weights_sha256: str, graph: dict[str, Any]) -> tuple[dict, dict] | None:
-    """An existing int8 variant (entry, parity) exported from the same weights and graph settings, if any."""
-    record_path = target / EXPORT_CONFIG_NAME
-    if not record_path.is_file() or not (target / ONNX_VARIANT_FILES["int8"]).is_file():
-        return None
-    try:
-        old = OnnxExportRecord.from_file(record_path)
-    except ValueError:
-        return None
-    if old.weights_sha256 != weights_sha256 or old.graph != graph or "int8" not in old.variants:
-        return None
-    return dict(old.variants["int8"]), dict(old.parity.get("int8", {}))
 
 
 __all__ = [
