@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 from transformers import Pipeline
+from transformers.pipelines.base import no_collate_fn, pad_collate_fn
+from transformers.pipelines.pt_utils import PipelineIterator
 
 from .feature_bank import FeatureBank
 from .image_processing_retinascan import describe_input
@@ -34,6 +38,36 @@ def _as_list(value: Any) -> list:
 
 def _first(value: Any) -> Any:
     return _as_list(value)[0]
+
+
+class _ThreadedPreprocessing(Dataset):
+    """`preprocess` of a list of inputs in a thread pool, up to `lookahead` items ahead of the one asked for.
+
+    PIL decoding and resizing and numpy release the GIL, so threads decode the next images while the model runs
+    on the current batch, without the worker processes of transformers' `num_workers` (which fork the whole
+    process, model included, on every call). Items come back in order; memory stays bounded by `lookahead`.
+    """
+
+    def __init__(self, items: list, preprocess: Any, params: dict[str, Any], workers: int, lookahead: int):
+        self.items, self.preprocess, self.params, self.lookahead = items, preprocess, params, lookahead
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retinascan-preprocess")
+        self.futures: dict[int, Future] = {}
+        self.submitted = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        while self.submitted < min(len(self.items), index + 1 + self.lookahead):
+            self.futures[self.submitted] = self.executor.submit(
+                self.preprocess, self.items[self.submitted], **self.params
+            )
+            self.submitted += 1
+        future = self.futures.pop(index, None)
+        result = future.result() if future is not None else self.preprocess(self.items[index], **self.params)
+        if not self.futures and self.submitted == len(self.items):
+            self.executor.shutdown(wait=False)
+        return result
 
 
 def pipeline_registration() -> dict[str, dict[str, Any]]:
@@ -127,6 +161,20 @@ class RetinaScanPipeline(Pipeline):
     def __call__(self, inputs, **kwargs):
         """Grade one input or a list of inputs; options: `mode`, `k`, `return_neighbors`, `timeout`, `batch_size`."""
         return super().__call__(inputs, **kwargs)
+
+    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+        """transformers' iterator, except that `num_workers` > 0 on a list of inputs means that many *threads*
+        preprocessing ahead of inference (see `_ThreadedPreprocessing`), not worker processes."""
+        if not num_workers or not isinstance(inputs, (list, tuple)):
+            return super().get_iterator(
+                inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+            )
+        lookahead = 2 * batch_size + num_workers
+        dataset = _ThreadedPreprocessing(list(inputs), self.preprocess, preprocess_params, num_workers, lookahead)
+        collate_fn = no_collate_fn if batch_size == 1 else pad_collate_fn(self.tokenizer, self.image_processor)
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)
+        model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
 
     def preprocess(self, image, timeout: float | None = None) -> dict[str, Any]:
         size = self.image_processor.output_size
