@@ -248,3 +248,22 @@ def test_calibration_images_come_from_image_folders_and_skip_bad_files(tiny_mode
 def test_saved_folders_carry_the_onnx_backend_as_remote_code(model_dir):
     assert (model_dir / "onnx_backend.py").is_file()
     assert "from .onnx_backend import" in (model_dir / "pipeline_retinascan.py").read_text()
+
+
+def test_num_workers_preprocess_in_threads_in_order_with_bad_items(model_dir, fundus_images, tmp_path, monkeypatch):
+    import threading
+
+    grader = load_pipeline(model_dir)
+    inputs = [*fundus_images, str(tmp_path / "missing.png"), *fundus_images[:3]]
+    expected = grader(inputs, batch_size=4)
+    seen = set()
+    preprocess = RetinaScanPipeline.preprocess
+
+    def recording(self, image, **kwargs):
+        seen.add(threading.current_thread().name)
+        return preprocess(self, image, **kwargs)
+
+    monkeypatch.setattr(RetinaScanPipeline, "preprocess", recording)
+    assert grader(inputs, batch_size=4, num_workers=2) == expected
+    assert seen and all(name.startswith("retinascan-preprocess") for name in seen)
+    assert grader(inputs, batch_size=1, num_workers=3) == grader(inputs, batch_size=1)  # batch 1: other rounding
