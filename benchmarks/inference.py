@@ -19,9 +19,6 @@ from the same run on the same machine:
 from __future__ import annotations
 
 import gc
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ from PIL import Image
 
 from benchmarks.memory import peak_rss_of_grading
 from benchmarks.results import Row, Target
+from benchmarks.timing import current_rss_mib, time_call
 from retinascan_hf.feature_bank import FeatureBank
 from retinascan_hf.image_processing_retinascan import RetinaScanImageProcessor
 from retinascan_hf.loading import load_pipeline
@@ -65,22 +63,10 @@ class InferenceSettings:
         return cls(False, 10, 2, (8, 32), REFERENCE_TRAIN_SIZE, None if skip_large_bank else MILLION, 2048, threads)
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int) -> float:
-    """Median wall-clock seconds of `fn()` over `repeats` calls after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
 def matmul_gflops(size: int, repeats: int, warmup: int) -> float:
     """fp32 GFLOP/s of a square `size` matmul with all torch threads: the CPU's practical dense-compute peak."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    seconds = median_seconds(lambda: a @ b, repeats, warmup)
+    seconds = time_call(lambda: a @ b, repeats, warmup)
     return 2 * size**3 / seconds / 1e9
 
 
@@ -119,7 +105,7 @@ def _forward_rows(model_dir: Path, settings: InferenceSettings, pixel_values: to
 
     def milliseconds(model: Any) -> float:
         with torch.inference_mode():
-            return median_seconds(lambda: model(pixel_values=single), settings.repeats, settings.warmup) * 1e3
+            return time_call(lambda: model(pixel_values=single), settings.repeats, settings.warmup) * 1e3
 
     torch_model = RetinaScanModel.from_pretrained(model_dir).eval()
     rows = [Row("torch_fp32", "torch fp32 forward, batch 1", milliseconds(torch_model), "ms")]
@@ -143,7 +129,7 @@ def _forward_rows(model_dir: Path, settings: InferenceSettings, pixel_values: to
 
 def _pipeline_rows(model_dir: Path, settings: InferenceSettings, jpeg: Path, bare_int8: Row) -> list[Row]:
     grader = load_pipeline(model_dir, backend="onnx", onnx_variant="int8", onnx_threads=settings.threads)
-    seconds = median_seconds(lambda: grader(str(jpeg), mode="knn"), settings.repeats * 2, settings.warmup)
+    seconds = time_call(lambda: grader(str(jpeg), mode="knn"), settings.repeats * 2, settings.warmup)
     row = Row("pipeline_int8_256px", "int8 pipeline end to end, one 256-px JPEG (knn)", seconds * 1e3, "ms")
     row.relate(bare_int8, target=Target("<=", 1.15), note="/ bare ONNX Runtime int8 forward")
     return [row]
@@ -168,9 +154,9 @@ def _camera_rows(model_dir: Path, settings: InferenceSettings, photos: list[Path
     with Image.open(photos[0]) as image:
         megapixels = image.width * image.height / 1e6
     per_photo = 1e3 / len(photos)
-    bare_ms = median_seconds(bare_decode, repeats, warmup) * per_photo
+    bare_ms = time_call(bare_decode, repeats, warmup) * per_photo
     bare = Row("pillow_draft_decode", f"Pillow draft decode, {megapixels:.0f}-MP camera JPEG", bare_ms, "ms")
-    crop_ms = median_seconds(processed, repeats, warmup) * per_photo
+    crop_ms = time_call(processed, repeats, warmup) * per_photo
     crop = Row("decode_crop_resize", "decode + fundus crop + resize (processor), same JPEG", crop_ms, "ms")
     crop.relate(bare, target=Target("<=", 1.25), note="/ bare Pillow draft decode")
     return [bare, crop]
@@ -188,12 +174,12 @@ def _throughput_rows(
         tensors = pixel_values[:1].repeat(batch, 1, 1, 1)
         paths = [str(path) for path in (jpegs * (batch // len(jpegs) + 1))[:batch]]
         repeats = max(2, settings.repeats // 3)
-        bare_seconds = median_seconds(lambda tensors=tensors: onnx_model(pixel_values=tensors), repeats, 1)
+        bare_seconds = time_call(lambda tensors=tensors: onnx_model(pixel_values=tensors), repeats, 1)
         label = f"ONNX Runtime int8 forward, batch {batch}"
         bare = Row(f"ort_int8_throughput_b{batch}", label, batch / bare_seconds, "images/s")
         rows.append(bare)
         for workers in (DECODE_WORKERS, 0):
-            seconds = median_seconds(
+            seconds = time_call(
                 lambda paths=paths, workers=workers, batch=batch: grader(paths, batch_size=batch, num_workers=workers),
                 repeats,
                 1,
@@ -208,8 +194,6 @@ def _throughput_rows(
 
 def _knn_rows(settings: InferenceSettings, dim: int) -> list[Row]:
     """Per-query time of the bank's exact kNN vote (its public API) at the reference size and at a million rows."""
-    from benchmarks.timing import current_rss_mib
-
     rows = []
     generator = torch.Generator().manual_seed(1)
     query = torch.randn(1, dim, generator=generator)
@@ -219,7 +203,7 @@ def _knn_rows(settings: InferenceSettings, dim: int) -> list[Row]:
         before = current_rss_mib()
         grades = torch.randint(0, 5, (size,), generator=generator)
         bank = FeatureBank(torch.randn(size, dim, generator=generator), grades)
-        seconds = median_seconds(lambda bank=bank: bank.knn(query, k=10), settings.repeats * 2, settings.warmup)
+        seconds = time_call(lambda bank=bank: bank.knn(query, k=10), settings.repeats * 2, settings.warmup)
         resident = current_rss_mib() - before
         note = f"process memory grew {resident:.0f} MiB with this bank" if size == settings.large_bank_size else ""
         label = f"kNN vote (k=10) over {size:,} x {dim}, one query"

@@ -43,14 +43,10 @@ def _grade_once(model_dir: str, image: str, backend: str, threads: int | None) -
 def _peak_rss_mib() -> float:
     """This process's peak RSS. Linux's `ru_maxrss` survives `exec` (a child started by a 2-GB parent would report
     2 GB), so read the address space's own high-water mark, `VmHWM`, where there is one."""
-    try:
-        with open("/proc/self/status", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux, where VmHWM exists anyway
+    from benchmarks.timing import proc_status_mib
+
+    peak = proc_status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 if __name__ == "__main__":

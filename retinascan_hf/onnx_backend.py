@@ -266,18 +266,20 @@ class RetinaScanOnnxModel:
         return f"RetinaScanOnnxModel(variant={self.variant!r}, opset={self.record.opset})"
 
 
+def _locate(source: str, onnx_dir: str | os.PathLike | None, name: str, hub_kwargs: dict[str, Any]) -> str | None:
+    """Local path of export file `name`: in `onnx_dir` if given, else in the model's `onnx/` (folder or Hub)."""
+    if onnx_dir is not None:
+        path = os.path.join(onnx_dir, name)
+        return path if os.path.isfile(path) else None
+    return cached_file(source, f"{ONNX_SUBFOLDER}/{name}", _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+
+
 def _resolve_export(
     source: str, variant: str, onnx_dir: str | os.PathLike | None, hub_kwargs: dict[str, Any]
 ) -> tuple[OnnxExportRecord, str]:
     """The export record and the local path of the variant's graph, or an error naming the fix."""
     hint = export_hint(source, variant)
-    if onnx_dir is not None:
-        record_path = os.path.join(onnx_dir, EXPORT_CONFIG_NAME)
-        record_path = record_path if os.path.isfile(record_path) else None
-    else:
-        record_path = cached_file(
-            source, f"{ONNX_SUBFOLDER}/{EXPORT_CONFIG_NAME}", _raise_exceptions_for_missing_entries=False, **hub_kwargs
-        )
+    record_path = _locate(source, onnx_dir, EXPORT_CONFIG_NAME, hub_kwargs)
     where = onnx_dir if onnx_dir is not None else f"{source}/{ONNX_SUBFOLDER}"
     if record_path is None:
         raise OnnxExportMissingError(f"No ONNX export in {where} ({EXPORT_CONFIG_NAME} is missing). Create it: {hint}")
@@ -289,13 +291,7 @@ def _resolve_export(
             f"Create it: {hint}"
         )
     file_name = entry.get("file", ONNX_VARIANT_FILES[variant])
-    if onnx_dir is not None:
-        model_path = os.path.join(onnx_dir, file_name)
-        model_path = model_path if os.path.isfile(model_path) else None
-    else:
-        model_path = cached_file(
-            source, f"{ONNX_SUBFOLDER}/{file_name}", _raise_exceptions_for_missing_entries=False, **hub_kwargs
-        )
+    model_path = _locate(source, onnx_dir, file_name, hub_kwargs)
     if model_path is None:
         raise OnnxExportMissingError(f"{where}/{file_name} is recorded in {EXPORT_CONFIG_NAME} but missing: {hint}")
     if "bytes" in entry and os.path.getsize(model_path) != int(entry["bytes"]):
