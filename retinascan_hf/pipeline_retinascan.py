@@ -119,6 +119,8 @@ class RetinaScanPipeline(Pipeline):
             args = (select_backend(args[0], backend, onnx_variant, onnx_threads), *args[1:])
         else:
             kwargs["model"] = select_backend(kwargs.get("model"), backend, onnx_variant, onnx_threads)
+        if backend == "onnx" and kwargs.get("device") is None:
+            kwargs["device"] = "cpu"  # the session runs on the CPU; Pipeline would otherwise pick a GPU if present
         self.backend = backend
         super().__init__(*args, **kwargs)
         self.feature_bank = self._resolve_bank(feature_bank)
