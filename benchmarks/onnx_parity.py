@@ -169,11 +169,17 @@ def compare(
         expected = decide(reference, mode, config, reference_bank)
         actual = decide(candidate, mode, config, bank)
         agree = (expected.grades == actual.grades).float()
+        # How decided the fp32 decision was: its top-two score margin. Flips at near-ties are what int8 noise does.
+        top_two = expected.scores.float().topk(2, dim=-1).values
+        margin = top_two[:, 0] - top_two[:, 1]
+        flipped = margin[agree == 0]
         result[label] = {
             "agreement": round(float(agree.mean()), 5),
             "disagreements": int((1 - agree).sum()),
             "max_abs_score_difference": round(float((expected.scores - actual.scores).abs().max()), 5),
             "max_abs_grade_difference": int((expected.grades - actual.grades).abs().max()),
+            "median_fp32_margin": round(float(margin.median()), 5),
+            "max_fp32_margin_of_a_disagreement": round(float(flipped.max()), 5) if len(flipped) else None,
         }
     cosine = torch.nn.functional.cosine_similarity(reference.embeddings, candidate.embeddings)
     result["embedding_cosine"] = {"min": round(float(cosine.min()), 6), "mean": round(float(cosine.mean()), 6)}
