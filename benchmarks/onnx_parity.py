@@ -181,8 +181,14 @@ def compare(
             "median_fp32_margin": round(float(margin.median()), 5),
             "max_fp32_margin_of_a_disagreement": round(float(flipped.max()), 5) if len(flipped) else None,
         }
-    cosine = torch.nn.functional.cosine_similarity(reference.embeddings, candidate.embeddings)
-    result["embedding_cosine"] = {"min": round(float(cosine.min()), 6), "mean": round(float(cosine.mean()), 6)}
+    for name in ("image_features", "embeddings"):
+        cosine = torch.nn.functional.cosine_similarity(getattr(reference, name), getattr(candidate, name))
+        result[f"{name}_cosine"] = {"min": round(float(cosine.min()), 6), "mean": round(float(cosine.mean()), 6)}
+    # Backbone features of a random tower hardly differ between photographs: how large int8's error is next to
+    # that variation (std over images, averaged over dimensions) says how hard the decisions are to keep.
+    spread = reference.image_features.std(dim=0).mean()
+    error = (candidate.image_features - reference.image_features).std()
+    result["image_features_error_over_between_image_spread"] = round(float(error / spread), 4)
     for name in ("ordinal_logits", "prototype_logits"):
         result[f"max_abs_{name}_difference"] = round(
             float((getattr(reference, name) - getattr(candidate, name)).abs().max()), 5
