@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from transformers import CLIPConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -58,6 +58,16 @@ _EMBEDDING_VISION_FIELDS: tuple[str, ...] = (
 )
 
 
+PIPELINE_TASK = "retinascan"
+
+
+def pipeline_registration() -> dict[str, dict[str, Any]]:
+    """The `custom_pipelines` entry every saved config carries, so that remote code can rebuild the pipeline
+    (`pipeline_retinascan.py` is saved beside the weights)."""
+    spec = {"impl": "pipeline_retinascan.RetinaScanPipeline", "pt": ["AutoModel"], "tf": [], "type": "image"}
+    return {PIPELINE_TASK: spec}
+
+
 class RetinaScanConfig(PreTrainedConfig):
     r"""Configuration of a [`RetinaScanModel`]: a CLIP backbone plus projection, prototype and CORAL heads.
 
@@ -98,11 +108,25 @@ class RetinaScanConfig(PreTrainedConfig):
         referable_grade (`int`, defaults to 2):
             Lowest grade that counts as *referable* DR (ICDR: moderate NPDR or worse). Screening programmes refer
             at this cut-off; the pipeline's `referable` flag and the screening metrics use it.
+        conformal_coverage (`float`, defaults to 0.9):
+            Default target coverage of the conformal grade sets (the share of images whose set holds the true
+            grade); the pipeline's `coverage=` overrides it per call.
+        conformal_scores (`dict[str, list[float]]`, *optional*):
+            Per decision mode, the sorted nonconformity scores of the validation images (at most 1000 order
+            statistics), fitted by training (split-conformal calibration). Keeping scores rather than one
+            quantile is what lets any coverage be asked for at call time. `None`: no grade sets.
+        conformal_calibration_size (`int`, *optional*):
+            Number of validation images the `conformal_scores` summarise (required with them).
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the normal initialisation of the heads.
     """
 
     model_type = "retinascan"
+    # Pipeline tasks this process serves with installed classes: set by the installed package's `register()`, never
+    # by a remote-code copy of this file. `pipeline()` demands `trust_remote_code=True` for every task named in a
+    # config's `custom_pipelines`, even when an installed pipeline is registered under that name; leaving the
+    # installed tasks out of the loaded config lets the installed registration serve them.
+    locally_registered_pipeline_tasks: ClassVar[frozenset[str]] = frozenset()
     sub_configs_defaults = {
         "backbone_config": SubConfigSpec(config_class=CLIPConfig, init_kwargs=DEFAULT_BACKBONE_KWARGS)
     }
@@ -122,6 +146,9 @@ class RetinaScanConfig(PreTrainedConfig):
     prototype_calibration_temperature: float = 1.0
     coral_thresholds: list[float] | None = None
     referable_grade: int = 2
+    conformal_coverage: float = 0.9
+    conformal_scores: dict[str, list[float]] | None = None
+    conformal_calibration_size: int | None = None
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -135,6 +162,11 @@ class RetinaScanConfig(PreTrainedConfig):
             self.grade_descriptions = list(DEFAULT_GRADE_DESCRIPTIONS[: self.num_labels])
         if self.coral_thresholds is None:
             self.coral_thresholds = [0.0] * (self.num_labels - 1)
+        self.custom_pipelines = {
+            task: spec
+            for task, spec in pipeline_registration().items()
+            if task not in type(self).locally_registered_pipeline_tasks
+        }
         self._validate()
 
     def _validate(self) -> None:
@@ -157,6 +189,31 @@ class RetinaScanConfig(PreTrainedConfig):
             raise ValueError(f"knn_k must be at least 1, got {self.knn_k}.")
         if not 1 <= self.referable_grade < self.num_labels:
             raise ValueError(f"referable_grade must lie in [1, {self.num_labels - 1}], got {self.referable_grade}.")
+        self._validate_conformal()
+
+    def _validate_conformal(self) -> None:
+        if not 0 < self.conformal_coverage < 1:
+            raise ValueError(f"conformal_coverage must lie strictly between 0 and 1, got {self.conformal_coverage}.")
+        if self.conformal_scores is None:
+            return
+        size = self.conformal_calibration_size
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(
+                f"conformal_calibration_size must be a positive integer with conformal_scores, got {size}."
+            )
+        for mode, scores in self.conformal_scores.items():
+            values = [float(value) for value in scores]
+            if not 0 < len(values) <= size:
+                raise ValueError(f"conformal_scores[{mode!r}] holds {len(values)} scores for {size} images.")
+            if not all(0.0 <= value <= 2.0 for value in values) or values != sorted(values):
+                raise ValueError(f"conformal_scores[{mode!r}] must be sorted probability masses in [0, 2].")
+
+    def to_dict(self) -> dict[str, Any]:
+        """`PreTrainedConfig.to_dict`, always with the full `custom_pipelines` entry: a saved config must let remote
+        code rebuild the pipeline, whichever process (with or without the package) saves it."""
+        output = super().to_dict()
+        output["custom_pipelines"] = pipeline_registration()
+        return output
 
     @property
     def embedding_dim(self) -> int:
@@ -183,4 +240,4 @@ class RetinaScanConfig(PreTrainedConfig):
         return hashlib.sha256(encoded).hexdigest()[:16]
 
 
-__all__ = ["DEFAULT_GRADE_DESCRIPTIONS", "ICDR_LABELS", "RetinaScanConfig"]
+__all__ = ["DEFAULT_GRADE_DESCRIPTIONS", "ICDR_LABELS", "PIPELINE_TASK", "RetinaScanConfig", "pipeline_registration"]

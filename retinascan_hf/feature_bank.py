@@ -17,9 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import _CACHED_NO_EXIST, hf_hub_download, is_offline_mode, try_to_load_from_cache
+from huggingface_hub.errors import RemoteEntryNotFoundError
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers.utils import cached_file
+from transformers.utils import logging
+
+# A child of transformers' root logger, so that `transformers.logging.set_verbosity_*` and TRANSFORMERS_VERBOSITY
+# apply to it (a logger named plainly `__name__` would sit outside transformers' hierarchy and ignore them).
+logger = logging.get_logger(f"transformers.{__name__}")
 
 FEATURE_BANK_NAME = "feature_bank.safetensors"
 _FORMAT = "retinascan-feature-bank"
@@ -28,6 +34,20 @@ _VERSION = "1"
 
 class FeatureBankMismatchError(ValueError):
     """A bank and the model (or query) using it disagree on embedding width or dtype."""
+
+
+def bank_location(
+    pretrained_model_name_or_path: str | os.PathLike, revision: str | None = None, subfolder: str = ""
+) -> str:
+    """Where a bank is looked for, as messages name it: a folder, or a Hub repo at a revision."""
+    source = str(pretrained_model_name_or_path)
+    where = f"{source}/{subfolder}" if subfolder else source
+    return where if os.path.isdir(source) else f"{where} (revision {revision or 'main'})"
+
+
+class FeatureBankUnavailableError(OSError):
+    """Whether a repo revision has a feature bank could not be determined (no connection, Hub error, or offline
+    with the file not in the cache). Raised instead of silently grading without the bank."""
 
 
 @dataclass
@@ -123,12 +143,9 @@ class FeatureBank:
                 f"Feature bank holds {self.dim}-d embeddings but the model produces {embedding_dim}-d embeddings."
             )
         if config_hash is not None and self.config_hash is not None and config_hash != self.config_hash:
-            import warnings
-
-            warnings.warn(
+            logger.warning(
                 f"Feature bank was built for embedding config {self.config_hash}, the model has {config_hash}: "
-                "neighbours may be meaningless. Rebuild the bank with the current model.",
-                stacklevel=2,
+                "neighbours may be meaningless. Rebuild the bank with the current model."
             )
 
     def _matrix(self, device: torch.device) -> torch.Tensor:
@@ -250,23 +267,69 @@ class FeatureBank:
     ) -> FeatureBank | None:
         """Load the bank of a model folder or Hub repo, resolved like the model's own weights.
 
-        With `missing_ok=True` a model without a bank returns `None` (the pipeline then falls back to the
-        ordinal head) instead of raising `OSError`.
+        A folder or repo revision without a bank raises `OSError`, or, with `missing_ok=True`, returns `None` (the
+        pipeline then grades with the ordinal head and says so). "Without a bank" means known to be absent: the
+        folder lacks the file, or the Hub answered that the revision has none (now or on an earlier online visit,
+        which the cache remembers). When that cannot be known (a connection error, the Hub failing, offline mode
+        with the file not cached) [`FeatureBankUnavailableError`] is raised even with `missing_ok=True`, so a
+        network problem never silently changes how images are graded.
         """
-        resolved = cached_file(
-            str(pretrained_model_name_or_path),
+        source = str(pretrained_model_name_or_path)
+        if os.path.isdir(source):
+            path = os.path.join(source, subfolder, FEATURE_BANK_NAME)
+            if os.path.isfile(path):
+                return cls.from_file(path)
+        else:
+            path = _download(source, revision, cache_dir, token, local_files_only, subfolder)
+            if path is not None:
+                return cls.from_file(path)
+        if missing_ok:
+            return None
+        raise OSError(f"{bank_location(source, revision, subfolder)} has no {FEATURE_BANK_NAME}.")
+
+
+def _download(
+    repo_id: str,
+    revision: str | None,
+    cache_dir: str | os.PathLike | None,
+    token: str | bool | None,
+    local_files_only: bool,
+    subfolder: str,
+) -> str | None:
+    """The cached path of a repo's bank file; `None` if the Hub says (or said) the revision has none.
+
+    huggingface_hub reports a file the Hub does not have as `RemoteEntryNotFoundError`, and every failure to ask
+    (connection, server error, offline) as another `OSError`; only the first is an absent bank. A 404 seen on an
+    earlier online visit is remembered in the cache (`.no_exist`), which lets offline mode tell the two apart too.
+    """
+    try:
+        return hf_hub_download(
+            repo_id,
             FEATURE_BANK_NAME,
+            subfolder=subfolder or None,
             revision=revision,
             cache_dir=cache_dir,
             token=token,
-            local_files_only=local_files_only,
-            subfolder=subfolder,
-            _raise_exceptions_for_missing_entries=not missing_ok,
-            _raise_exceptions_for_connection_errors=not missing_ok,
+            local_files_only=local_files_only or is_offline_mode(),
         )
-        if resolved is None:
+    except RemoteEntryNotFoundError:
+        return None
+    except OSError as error:
+        filename = f"{subfolder}/{FEATURE_BANK_NAME}" if subfolder else FEATURE_BANK_NAME
+        if try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision) is _CACHED_NO_EXIST:
             return None
-        return cls.from_file(resolved)
+        raise FeatureBankUnavailableError(
+            f"Could not check whether {bank_location(repo_id, revision, subfolder)} has a {FEATURE_BANK_NAME}: "
+            f"{error} Connect to the Hub (or download the file into the cache), or pass feature_bank=False to the "
+            "pipeline to grade without the kNN vote."
+        ) from error
 
 
-__all__ = ["FEATURE_BANK_NAME", "FeatureBank", "FeatureBankMismatchError", "NeighborResult"]
+__all__ = [
+    "FEATURE_BANK_NAME",
+    "FeatureBank",
+    "FeatureBankMismatchError",
+    "FeatureBankUnavailableError",
+    "NeighborResult",
+    "bank_location",
+]

@@ -5,22 +5,30 @@ edges and an off-centre disc; public data sets come in every PIL mode, with EXIF
 12-16 MP JPEGs. This processor turns all of that into CLIP-ready tensors, and turns inputs it cannot
 use into typed errors that name the input instead of crashing deep inside PIL or torch.
 
+It follows transformers' image-processor conventions where they apply to fundus photographs: PIL images,
+numpy arrays and torch tensors (HW, HWC or CHW; a 4-D array or tensor is a batch), and the standard per-call
+overrides (`size`, `resample`, `do_convert_rgb`, `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean`,
+`image_std`, `input_data_format`, `data_format`, `return_tensors`). Its output always has 3 channels, because the
+CLIP backbone takes RGB: `do_convert_rgb=False` refuses non-RGB input rather than passing 1 or 4 channels on.
+
 This file is copied verbatim into model repositories as remote code: it imports only third-party
 packages and the standard library.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ChannelDimension
+from transformers.utils import TensorType, is_torch_tensor
 
 FundusInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -49,6 +57,8 @@ def describe_input(source: Any) -> str:
         return f"<PIL image mode={source.mode} size={source.size}>"
     if isinstance(source, np.ndarray):
         return f"<array shape={source.shape} dtype={source.dtype}>"
+    if is_torch_tensor(source):
+        return f"<tensor shape={tuple(source.shape)} dtype={source.dtype}>"
     if isinstance(source, bytes):
         return f"<{len(source)} bytes>"
     return f"<{type(source).__name__}>"
@@ -76,9 +86,24 @@ def _open(source: FundusInput, timeout: float | None) -> Image.Image:
     return Image.open(path)
 
 
-def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
-    """Accept HW, HWC or CHW arrays of uint8, uint16 or floats in [0, 1]."""
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+def _tensor_to_array(tensor: Any) -> np.ndarray:
+    """A torch tensor's values as a numpy array (on the CPU; half precision widened, which numpy lacks)."""
+    tensor = tensor.detach().cpu()
+    if tensor.is_floating_point() and tensor.element_size() < 4:
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
+def _array_to_pil(array: np.ndarray, name: str, input_data_format: str | None = None) -> Image.Image:
+    """Accept HW, HWC or CHW arrays of uint8, uint16 or floats in [0, 1].
+
+    `input_data_format` (`"channels_first"` / `"channels_last"`) says where the channels of a 3-D array are; by
+    default a leading axis of 1, 3 or 4 that is not also the last axis size is read as channels.
+    """
+    channels_first = array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4)
+    if input_data_format is not None:
+        channels_first = array.ndim == 3 and ChannelDimension(input_data_format) == ChannelDimension.FIRST
+    if channels_first:
         array = np.moveaxis(array, 0, -1)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
@@ -140,16 +165,21 @@ def load_fundus_image(
     max_image_pixels: int | None = None,
     min_image_size: int = 8,
     timeout: float | None = None,
+    do_convert_rgb: bool = True,
+    input_data_format: str | None = None,
 ) -> Image.Image:
     """Decode `source` into an upright RGB PIL image, or raise a [`RetinaScanInputError`] naming it.
 
     `draft_size` lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 while decoding, so a 12 MP camera
     original destined for a 224 px tensor is never decoded at full resolution. PIL guarantees the draft is
-    at least `draft_size` on both sides.
+    at least `draft_size` on both sides. Any PIL mode is converted to RGB unless `do_convert_rgb=False`, which
+    refuses non-RGB images instead. `input_data_format` is the channel layout of array and tensor inputs.
     """
     name = describe_input(source)
+    if is_torch_tensor(source):
+        source = _tensor_to_array(source)
     if isinstance(source, np.ndarray):
-        image = _array_to_pil(source, name)
+        image = _array_to_pil(source, name, input_data_format)
     elif isinstance(source, (str, os.PathLike, bytes, Image.Image)):
         try:
             with warnings.catch_warnings():
@@ -164,7 +194,9 @@ def load_fundus_image(
         except OSError as error:
             raise InvalidImageError(f"Could not read {name}: {error}") from error
     else:
-        raise InvalidImageError(f"Unsupported input {name}: pass a path, URL, bytes, PIL image or numpy array.")
+        raise InvalidImageError(
+            f"Unsupported input {name}: pass a path, URL, bytes, PIL image, numpy array or torch tensor."
+        )
 
     width, height = image.size
     if max_image_pixels is not None and width * height > max_image_pixels:
@@ -185,6 +217,10 @@ def load_fundus_image(
         image.load()
     except OSError as error:  # truncated or corrupt pixel data only shows up when decoding
         raise InvalidImageError(f"Could not decode {name}: {error}") from error
+    if not do_convert_rgb and image.mode != "RGB":
+        raise InvalidImageError(
+            f"Image {name} has mode {image.mode}, not RGB, and do_convert_rgb=False: the backbone takes 3 channels."
+        )
     return _to_rgb(image)
 
 
@@ -268,8 +304,53 @@ def pad_to_square(image: Image.Image) -> Image.Image:
     return canvas
 
 
+class RetinaScanImageProcessorKwargs(TypedDict, total=False):
+    """The per-call overrides `RetinaScanImageProcessor.preprocess` accepts (transformers' `valid_kwargs`): the
+    standard image-processor options that apply to a square RGB output, plus `do_crop_fundus` and `timeout`.
+    Safety limits (`max_image_pixels`, `min_image_size`) and the fundus detector's settings are set per processor,
+    not per call."""
+
+    do_convert_rgb: bool
+    size: int | dict[str, int]
+    resample: int
+    do_crop_fundus: bool
+    do_rescale: bool
+    rescale_factor: float
+    do_normalize: bool
+    image_mean: float | Sequence[float]
+    image_std: float | Sequence[float]
+    input_data_format: str | ChannelDimension | None
+    data_format: str | ChannelDimension
+    return_tensors: str | TensorType | None
+    timeout: float | None
+
+
+# Options of one call that are not processor attributes (besides `return_tensors`).
+_CALL_ONLY_OPTIONS = ("input_data_format", "data_format", "timeout")
+
+
+def _per_channel(value: float | Sequence[float], name: str) -> list[float]:
+    """A normalisation statistic as 3 floats (one per RGB channel); a single number applies to all three."""
+    values = [float(value)] * 3 if isinstance(value, (int, float)) else [float(item) for item in value]
+    if len(values) != 3 or not all(np.isfinite(values)):
+        raise ValueError(f"{name} needs 3 finite values (R, G, B), got {value!r}.")
+    return values
+
+
+def _as_batch(images: Any) -> list:
+    """One input, a list of inputs, or a 4-D array/tensor (a batch along its first axis), as a list."""
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    if (isinstance(images, np.ndarray) or is_torch_tensor(images)) and images.ndim == 4:
+        return list(images)
+    return [images]
+
+
 class RetinaScanImageProcessor(BaseImageProcessor):
     r"""Turns fundus photographs into normalised `pixel_values` for a RetinaScan (CLIP) backbone.
+
+    Every argument below can also be given to a single call (see [`RetinaScanImageProcessorKwargs`]), except the
+    safety limits and the fundus detector's settings.
 
     Args:
         size (`dict` or `int`, defaults to `{"height": 224, "width": 224}`):
@@ -284,8 +365,12 @@ class RetinaScanImageProcessor(BaseImageProcessor):
             A frame whose brightness varies less (standard deviation, 0-1 scale) is blank: [`NoFundusFoundError`].
         resample (`int`, defaults to `PIL.Image.BICUBIC`):
             Resampling filter for the final resize.
+        do_convert_rgb (`bool`, defaults to `True`):
+            Convert any image mode to RGB (transparency becomes black); `False` refuses non-RGB images.
+        do_rescale (`bool`, defaults to `True`), rescale_factor (`float`, defaults to `1/255`):
+            Scale 8-bit pixel values to [0, 1] before normalisation.
         do_normalize (`bool`, defaults to `True`), image_mean, image_std:
-            CLIP normalisation (OpenAI CLIP statistics by default).
+            CLIP normalisation (OpenAI CLIP statistics by default); 3 values each, or one for all channels.
         max_image_pixels (`int`, defaults to 100_000_000):
             Images declaring more pixels are refused before decoding ([`ImageTooLargeError`]).
         min_image_size (`int`, defaults to 8):
@@ -293,6 +378,7 @@ class RetinaScanImageProcessor(BaseImageProcessor):
     """
 
     model_input_names = ["pixel_values"]
+    valid_kwargs = RetinaScanImageProcessorKwargs
     # JPEG draft decoding targets twice the output size: the fundus crop can be smaller than the frame, and
     # the final resize then still downsamples (sharper than upsampling a minimal draft).
     DRAFT_OVERSAMPLING = 2
@@ -310,44 +396,78 @@ class RetinaScanImageProcessor(BaseImageProcessor):
         min_fundus_fraction: float = 0.1,
         min_fundus_contrast: float = 0.02,
         resample: int = Image.Resampling.BICUBIC,
+        do_convert_rgb: bool = True,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
         do_normalize: bool = True,
-        image_mean: Sequence[float] | None = None,
-        image_std: Sequence[float] | None = None,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
         max_image_pixels: int = 100_000_000,
         min_image_size: int = 8,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if size is None:
-            size = 224
-        if isinstance(size, int):
-            size = {"height": size, "width": size}
-        if size["height"] != size["width"]:
-            raise ValueError(f"RetinaScan expects a square output size, got {size}.")
-        self.size = dict(size)
+        self.size = 224 if size is None else size
         self.do_crop_fundus = do_crop_fundus
         self.fundus_threshold = fundus_threshold
         self.min_fundus_fraction = min_fundus_fraction
         self.min_fundus_contrast = min_fundus_contrast
-        self.resample = int(resample)
+        self.resample = resample
+        self.do_convert_rgb = do_convert_rgb
+        self.do_rescale = do_rescale
+        self.rescale_factor = rescale_factor
         self.do_normalize = do_normalize
-        self.image_mean = list(image_mean if image_mean is not None else OPENAI_CLIP_MEAN)
-        self.image_std = list(image_std if image_std is not None else OPENAI_CLIP_STD)
+        self.image_mean = OPENAI_CLIP_MEAN if image_mean is None else image_mean
+        self.image_std = OPENAI_CLIP_STD if image_std is None else image_std
         self.max_image_pixels = max_image_pixels
         self.min_image_size = min_image_size
+        self._standardise()
+
+    def _standardise(self) -> None:
+        """Bring the settings to their canonical types (square `size` dict, 3-value statistics) and check them;
+        run on construction and on every per-call override."""
+        size = {"height": self.size, "width": self.size} if isinstance(self.size, int) else self.size
+        if not isinstance(size, dict) or set(size) != {"height", "width"} or size["height"] != size["width"]:
+            raise ValueError(f"RetinaScan expects a square output size (an int or height == width), got {size!r}.")
+        if int(size["height"]) < 1:
+            raise ValueError(f"size must be at least 1 pixel, got {size!r}.")
+        self.size = {"height": int(size["height"]), "width": int(size["width"])}
+        self.resample = int(Image.Resampling(self.resample))
+        self.image_mean = _per_channel(self.image_mean, "image_mean")
+        self.image_std = _per_channel(self.image_std, "image_std")
+        if min(self.image_std) <= 0:
+            raise ValueError(f"image_std must be positive, got {self.image_std}.")
+        if not np.isfinite(self.rescale_factor) or self.rescale_factor <= 0:
+            raise ValueError(f"rescale_factor must be a positive number, got {self.rescale_factor!r}.")
+
+    def _with_overrides(self, **overrides: Any) -> RetinaScanImageProcessor:
+        """A copy of this processor with one call's overrides applied (this instance is left as it is); `None`
+        keeps the processor's own setting, as in transformers' image processors."""
+        overrides = {name: value for name, value in overrides.items() if value is not None}
+        if not overrides:
+            return self
+        processor = copy.copy(self)
+        for name, value in overrides.items():
+            setattr(processor, name, value)
+        processor._standardise()
+        return processor
 
     @property
     def output_size(self) -> int:
         return self.size["height"]
 
-    def load(self, source: FundusInput, timeout: float | None = None) -> Image.Image:
-        """Decode one input with this processor's safety limits and JPEG draft size."""
+    def load(
+        self, source: FundusInput, timeout: float | None = None, input_data_format: str | None = None
+    ) -> Image.Image:
+        """Decode one input with this processor's safety limits, JPEG draft size and RGB conversion."""
         return load_fundus_image(
             source,
             draft_size=self.output_size * self.DRAFT_OVERSAMPLING,
             max_image_pixels=self.max_image_pixels,
             min_image_size=self.min_image_size,
             timeout=timeout,
+            do_convert_rgb=self.do_convert_rgb,
+            input_data_format=input_data_format,
         )
 
     def fundus_box(self, image: Image.Image, name: str = "<image>") -> tuple[int, int, int, int]:
@@ -366,41 +486,53 @@ class RetinaScanImageProcessor(BaseImageProcessor):
         """Crop to the fundus disc and pad to a square; raise [`NoFundusFoundError`] naming the input."""
         return pad_to_square(image.crop(self.fundus_box(image, name)))
 
-    def to_model_image(self, source: FundusInput, timeout: float | None = None) -> Image.Image:
+    def to_model_image(
+        self, source: FundusInput, timeout: float | None = None, input_data_format: str | None = None
+    ) -> Image.Image:
         """The exact RGB picture the model sees (before normalisation); also used for overlays."""
-        image = self.load(source, timeout=timeout)
+        image = self.load(source, timeout=timeout, input_data_format=input_data_format)
         box = self.fundus_box(image, describe_input(source)) if self.do_crop_fundus else (0, 0, *image.size)
         return resize_into_square(image, box, self.output_size, self.resample, self.RESIZE_REDUCING_GAP)
 
     def normalize_image(self, image: Image.Image) -> np.ndarray:
         """RGB PIL image -> float32 CHW array, rescaled to [0, 1] and CLIP-normalised."""
-        array = np.asarray(image, dtype=np.float32) / 255.0
+        array = np.asarray(image, dtype=np.float32)
+        if self.do_rescale:
+            array = array * np.float32(self.rescale_factor)
         if self.do_normalize:
             array = (array - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
         return np.ascontiguousarray(array.transpose(2, 0, 1))
 
-    def preprocess(
-        self,
-        images: FundusInput | Sequence[FundusInput],
-        return_tensors: str | None = "pt",
-        timeout: float | None = None,
-        **kwargs,
-    ) -> BatchFeature:
-        """Process one input or a list of inputs into `pixel_values` of shape `[B, 3, size, size]`.
+    def preprocess(self, images: FundusInput | Sequence[FundusInput], **kwargs: Any) -> BatchFeature:
+        """Process one input, a list of inputs, or a 4-D array/tensor batch into `pixel_values` `[B, 3, size, size]`.
 
-        Any bad input raises; the pipeline, which must not lose a batch to one bad item, calls
-        [`to_model_image`] per item instead.
+        Keyword arguments override this processor's settings for this call (see
+        [`RetinaScanImageProcessorKwargs`]); `return_tensors` defaults to `"pt"`, `data_format` to
+        `"channels_first"`. Unknown arguments raise `TypeError`, as in transformers' image processors. Any bad input
+        raises; the pipeline, which must not lose a batch to one bad item, calls [`to_model_image`] per item instead.
         """
-        if kwargs:
-            raise TypeError(f"Unexpected arguments for RetinaScanImageProcessor: {sorted(kwargs)}.")
-        if isinstance(images, (list, tuple)):
-            if not images:
-                raise InvalidImageError("Received an empty list of images.")
-            batch = list(images)
-        else:
-            batch = [images]
-        arrays = [self.normalize_image(self.to_model_image(item, timeout=timeout)) for item in batch]
-        return BatchFeature(data={"pixel_values": np.stack(arrays)}, tensor_type=return_tensors)
+        unknown = sorted(set(kwargs) - set(self.valid_kwargs.__annotations__))
+        if unknown:
+            raise TypeError(
+                f"Unexpected arguments for RetinaScanImageProcessor: {unknown}; "
+                f"supported: {sorted(self.valid_kwargs.__annotations__)}."
+            )
+        return_tensors = kwargs.pop("return_tensors", "pt")
+        call = {name: kwargs.pop(name, None) for name in _CALL_ONLY_OPTIONS}
+        processor = self._with_overrides(**kwargs)
+        batch = _as_batch(images)
+        if not batch:
+            raise InvalidImageError("Received an empty list of images.")
+        arrays = [
+            processor.normalize_image(
+                processor.to_model_image(item, timeout=call["timeout"], input_data_format=call["input_data_format"])
+            )
+            for item in batch
+        ]
+        pixel_values = np.stack(arrays)
+        if call["data_format"] is not None and ChannelDimension(call["data_format"]) == ChannelDimension.LAST:
+            pixel_values = np.ascontiguousarray(pixel_values.transpose(0, 2, 3, 1))
+        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
 
     def __call__(self, images, **kwargs) -> BatchFeature:
         return self.preprocess(images, **kwargs)
@@ -416,6 +548,7 @@ __all__ = [
     "InvalidImageError",
     "NoFundusFoundError",
     "RetinaScanImageProcessor",
+    "RetinaScanImageProcessorKwargs",
     "RetinaScanInputError",
     "find_fundus_box",
     "load_fundus_image",

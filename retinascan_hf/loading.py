@@ -1,17 +1,14 @@
 """Load a complete model folder (weights, processor, bank) into a pipeline with this package's classes.
 
-`pipeline("retinascan", model=..., trust_remote_code=True)` is the Hub user's path and runs the code
-stored in the repo. Code that has `retinascan_hf` installed should not need to trust (or prompt for)
-remote code: this loader builds the same pipeline from the installed classes, at one revision for all
-three artefacts. With `backend="onnx"` it never loads the torch weights: only the config, the ONNX graph,
-the processor and the bank.
+With the package imported, `pipeline("retinascan", model=...)` already uses the installed classes (no
+`trust_remote_code`); this shortcut builds the same pipeline explicitly, at one revision for all three artefacts.
+With `backend="onnx"` it never loads the torch weights: only the config, the ONNX graph, the processor and the bank.
 """
 
 from __future__ import annotations
 
 import os
 
-from .feature_bank import FeatureBank
 from .image_processing_retinascan import RetinaScanImageProcessor
 from .modeling_retinascan import RetinaScanModel
 from .onnx_backend import BACKENDS, RetinaScanOnnxModel
@@ -30,10 +27,12 @@ def load_pipeline(
     onnx_dir: str | os.PathLike | None = None,
     **pipeline_kwargs,
 ) -> RetinaScanPipeline:
-    """A [`RetinaScanPipeline`] for a model folder or Hub repo id (its bank is used when present).
+    """A [`RetinaScanPipeline`] for a model folder or Hub repo id.
 
-    `backend="onnx"` runs the `onnx_variant` graph of `retinascan export-onnx` (from the folder's `onnx/`, or
-    `onnx_dir`) with `onnx_threads` ONNX Runtime threads; `backend="torch"` (default) the torch model.
+    Its bank is found as `pipeline("retinascan")` finds it (same revision as the weights; a missing bank is logged,
+    an unreachable one raises); `use_feature_bank=False` grades without one. `backend="onnx"` runs the
+    `onnx_variant` graph of `retinascan export-onnx` (from the folder's `onnx/`, or `onnx_dir`) with `onnx_threads`
+    ONNX Runtime threads; `backend="torch"` (default) the torch model.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
@@ -45,11 +44,10 @@ def load_pipeline(
     else:
         model = RetinaScanModel.from_pretrained(source, revision=revision)
     processor = RetinaScanImageProcessor.from_pretrained(source, revision=revision)
-    bank = FeatureBank.from_pretrained(source, revision=revision, missing_ok=True) if use_feature_bank else None
     return RetinaScanPipeline(
         model=model,
         image_processor=processor,
-        feature_bank=bank if bank is not None else False,
+        feature_bank=None if use_feature_bank else False,
         device=device,
         backend=backend,
         onnx_variant=onnx_variant,

@@ -9,26 +9,34 @@ Decision modes:
     - `"ordinal"`: the CORAL head with the calibrated temperature and thresholds from the config.
     - `"prototype"`: nearest grade description (cosine to the text prototypes), calibrated softmax.
 
+`return_heatmap=True` explains each grade with Grad-CAM (`gradcam_retinascan.py`, imported only then).
+
 This file is copied verbatim into model repositories as remote code (relative imports only).
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from transformers import Pipeline
+from transformers import AutoModel, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.base import no_collate_fn, pad_collate_fn
 from transformers.pipelines.pt_utils import PipelineIterator
+from transformers.utils import logging
 
-from .feature_bank import FeatureBank
+from .configuration_retinascan import PIPELINE_TASK
+from .feature_bank import FEATURE_BANK_NAME, FeatureBank, bank_location
 from .image_processing_retinascan import describe_input
-from .modeling_retinascan import DECISION_MODES, decide
+from .modeling_retinascan import DECISION_MODES, GradeDecision, decide
 from .onnx_backend import select_backend
+
+# A child of transformers' root logger, so that `transformers.logging.set_verbosity_*` and TRANSFORMERS_VERBOSITY
+# apply to it (a logger named plainly `__name__` would sit outside transformers' hierarchy and ignore them).
+logger = logging.get_logger(f"transformers.{__name__}")
 
 
 def _as_list(value: Any) -> list:
@@ -70,41 +78,45 @@ class _ThreadedPreprocessing(Dataset):
         return result
 
 
-def pipeline_registration() -> dict[str, dict[str, Any]]:
-    """The `custom_pipelines` entry a saved config carries, so remote code can rebuild this pipeline."""
-    return {
-        "retinascan": {
-            "impl": f"{__name__.split('.')[-1]}.{RetinaScanPipeline.__name__}",
-            "pt": ["AutoModel"],
-            "tf": [],
-            "type": "image",
-        }
-    }
+def _grade_set(bounds: list[int]) -> list[int] | None:
+    """Inclusive `[lowest, highest]` grade -> the list of grades; `None` where the model has no grade sets."""
+    low, high = bounds
+    return None if low < 0 else list(range(low, high + 1))
 
 
 class RetinaScanPipeline(Pipeline):
     """Grade diabetic retinopathy in fundus photographs.
 
     Inputs: a path, URL, bytes, PIL image or numpy array, or a list of them. Per image it returns a dict
-    with `grade`, `label`, `scores` (5 floats summing to 1), `referable` (grade >= 2), `mode` and
-    `gradable`; a bad input gives `{"gradable": False, "error": ...}` in its place.
+    with `grade`, `label`, `scores` (5 floats summing to 1), `referable` (grade >= 2), `mode`, `gradable` and
+    `grade_set` (the contiguous conformal set of grades, e.g. `[2, 3]`, that holds the true grade with the target
+    coverage; `None` for a model without conformal calibration); a bad input gives `{"gradable": False, "error":
+    ...}` in its place. With `top_k=n` each result
+    also holds `top_k`: the `n` most likely grades as `[{"label", "score"}]`, highest score first (the
+    image-classification pipeline's format).
 
     Args:
         feature_bank (`FeatureBank`, `str` or `None`):
             The bank for `mode="knn"`. By default, the model folder's (or Hub repo's) `feature_bank.safetensors`
-            is used if present; pass `False` to use none.
+            is used if present; if the folder or repo revision has none, the pipeline logs one warning naming it
+            and grades with `mode="ordinal"`; if it cannot tell (no connection, not in the offline cache) it
+            raises. Pass `False` to use no bank (and no warning).
         backend (`"torch"` or `"onnx"`, defaults to `"torch"`):
             `"onnx"` runs the ONNX Runtime export saved beside the weights (`retinascan export-onnx`) instead of
             the torch forward; preprocessing and decisions are the same code. Needs `retinascan-hf[onnx]`.
         onnx_variant (`"int8"` or `"fp32"`, defaults to `"int8"`), onnx_threads (`int`, *optional*):
             Which ONNX graph to run, and ONNX Runtime's thread count (default: `torch.get_num_threads()`).
-        mode, k, return_neighbors, timeout: call-time options (see `__call__`).
+        mode, k, return_neighbors, top_k, coverage, return_heatmap, heatmap_grade, timeout: call-time options (see
+            `__call__`).
     """
 
     _load_processor = False
     _load_image_processor = True
     _load_feature_extractor = False
     _load_tokenizer = False
+    # Left unset, `pipeline()` tries to load a video processor, infers one from the image processor's `auto_map` and
+    # asks on a terminal whether to run that (non-existent) remote code.
+    _load_video_processor = False
 
     def __init__(
         self,
@@ -129,9 +141,7 @@ class RetinaScanPipeline(Pipeline):
         if feature_bank is False:
             return None
         if feature_bank is None or feature_bank is True:
-            # Same repo, revision and cache as the weights (see RetinaScanModel.from_pretrained).
-            source = getattr(self.model, "pretrained_source", None)
-            bank = FeatureBank.from_pretrained(**source, missing_ok=True) if source else None
+            bank = self._default_bank()
         elif isinstance(feature_bank, FeatureBank):
             bank = feature_bank
         else:
@@ -142,7 +152,40 @@ class RetinaScanPipeline(Pipeline):
             )
         return bank
 
-    def _sanitize_parameters(self, mode=None, k=None, return_neighbors=None, timeout=None, **kwargs):
+    def _default_bank(self) -> FeatureBank | None:
+        """The bank beside the weights: same repo, revision and cache (see `RetinaScanModel.from_pretrained`).
+
+        Without one the default mode changes from `knn` to `ordinal`: that is said once, here, naming where the
+        bank was looked for. A bank whose presence cannot be checked raises (see `FeatureBank.from_pretrained`).
+        """
+        source = getattr(self.model, "pretrained_source", None)
+        if not source:
+            logger.warning(
+                "This model was not loaded from a folder or repo, so it has no feature bank: grading with "
+                "mode='ordinal'. Pass feature_bank=<FeatureBank or path> for the kNN vote, or feature_bank=False."
+            )
+            return None
+        bank = FeatureBank.from_pretrained(**source, missing_ok=True)
+        if bank is None:
+            location = bank_location(source["pretrained_model_name_or_path"], source["revision"], source["subfolder"])
+            logger.warning(
+                f"{location} has no {FEATURE_BANK_NAME}: grading with mode='ordinal' instead of the kNN vote. "
+                "Pass feature_bank=False to choose this explicitly."
+            )
+        return bank
+
+    def _sanitize_parameters(
+        self,
+        mode=None,
+        k=None,
+        return_neighbors=None,
+        top_k=None,
+        coverage=None,
+        timeout=None,
+        return_heatmap=None,
+        heatmap_grade=None,
+        **kwargs,
+    ):
         if kwargs:
             raise TypeError(f"Unexpected arguments for the retinascan pipeline: {sorted(kwargs)}.")
         preprocess_params, forward_params, postprocess_params = {}, {}, {}
@@ -158,10 +201,48 @@ class RetinaScanPipeline(Pipeline):
             forward_params["k"] = int(k)
         if return_neighbors is not None:
             postprocess_params["return_neighbors"] = bool(return_neighbors)
+        if return_heatmap is not None or heatmap_grade is not None:
+            forward_params.update(self._heatmap_options(return_heatmap, heatmap_grade))
+            postprocess_params["return_heatmap"] = forward_params["return_heatmap"]
+        if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
+            postprocess_params["top_k"] = min(top_k, self.model.config.num_labels)
+        if coverage is not None:
+            forward_params["coverage"] = self._check_coverage(coverage)
         return preprocess_params, forward_params, postprocess_params
 
+    def _check_coverage(self, coverage) -> float:
+        """A call-time coverage for the grade sets: a number in (0, 1), on a model calibrated for them."""
+        if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not 0 < coverage < 1:
+            raise ValueError(f"coverage must be a number strictly between 0 and 1, got {coverage!r}.")
+        if not self.model.config.conformal_scores:
+            raise ValueError("coverage was given, but this model has no conformal calibration (no grade sets).")
+        return float(coverage)
+
+    def _heatmap_options(self, return_heatmap: bool | None, heatmap_grade: int | None) -> dict[str, Any]:
+        if return_heatmap and self.backend == "onnx":
+            raise ValueError("return_heatmap (Grad-CAM) needs gradients of the torch model: use backend='torch'.")
+        if heatmap_grade is None:
+            return {"return_heatmap": bool(return_heatmap), "heatmap_grade": None}
+        if not return_heatmap:
+            raise ValueError("heatmap_grade needs return_heatmap=True.")
+        from .gradcam_retinascan import check_target_grade
+
+        return {
+            "return_heatmap": True,
+            "heatmap_grade": check_target_grade(heatmap_grade, self.model.config.num_labels),
+        }
+
     def __call__(self, inputs, **kwargs):
-        """Grade one input or a list of inputs; options: `mode`, `k`, `return_neighbors`, `timeout`, `batch_size`."""
+        """Grade one input or a list of inputs.
+
+        Options: `mode`, `k`, `return_neighbors`, `top_k`, `coverage` (target coverage of the `grade_set`, default
+        the config's `conformal_coverage`), `timeout`, `batch_size`, and `return_heatmap=True`, which adds to each
+        gradable result `heatmap` (float32 array `[S, S]` in [0, 1], Grad-CAM of the decided grade, or of
+        `heatmap_grade` when given, aligned with `image_processor.to_model_image(input)`) and `overlay` (that
+        cropped fundus as a PIL image with the heat map blended in).
+        """
         return super().__call__(inputs, **kwargs)
 
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
@@ -202,13 +283,19 @@ class RetinaScanPipeline(Pipeline):
         if mode is None:
             return "knn" if self.feature_bank is not None else "ordinal"
         if mode == "knn" and self.feature_bank is None:
-            warnings.warn(
-                "mode='knn' needs a feature bank and this model has none; using mode='ordinal'.", stacklevel=3
-            )
+            logger.warning("mode='knn' needs a feature bank and this pipeline has none; using mode='ordinal'.")
             return "ordinal"
         return mode
 
-    def _forward(self, model_inputs: dict[str, Any], mode: str | None = None, k: int | None = None) -> dict[str, Any]:
+    def _forward(
+        self,
+        model_inputs: dict[str, Any],
+        mode: str | None = None,
+        k: int | None = None,
+        coverage: float | None = None,
+        return_heatmap: bool = False,
+        heatmap_grade: int | None = None,
+    ) -> dict[str, Any]:
         mode = self._resolve_mode(mode)
         valid = model_inputs["valid"].bool().cpu()
         pixel_values = model_inputs["pixel_values"]
@@ -219,10 +306,18 @@ class RetinaScanPipeline(Pipeline):
         k = k or self.model.config.knn_k
         neighbor_idx = torch.full((batch, k), -1, dtype=torch.long)
         neighbor_sim = torch.zeros(batch, k)
+        grade_set_bounds = torch.full((batch, 2), -1, dtype=torch.long)  # -1: no grade set
+        extra = {}
         if valid.any():
-            outputs = self.model(pixel_values=pixel_values[valid.to(pixel_values.device)].to(self.model.dtype))
-            decision = decide(outputs, mode, self.model.config, self.feature_bank, k)
+            inputs = pixel_values[valid.to(pixel_values.device)].to(self.model.dtype)
+            if return_heatmap:
+                decision, extra = self._explain(inputs, valid, mode, k, coverage, heatmap_grade)
+            else:
+                outputs = self.model(pixel_values=inputs)
+                decision = decide(outputs, mode, self.model.config, self.feature_bank, k, coverage=coverage)
             scores[valid], grades[valid] = decision.scores.float().cpu(), decision.grades.cpu()
+            if decision.grade_sets is not None:
+                grade_set_bounds[valid] = decision.grade_sets.cpu()
             neighbors = decision.neighbors
             if neighbors is not None:
                 width = neighbors.indices.shape[1]
@@ -234,12 +329,57 @@ class RetinaScanPipeline(Pipeline):
             "valid": valid,
             "neighbor_indices": neighbor_idx,
             "neighbor_similarities": neighbor_sim,
+            "grade_set_bounds": grade_set_bounds,
             "mode": [mode] * batch,
             "error": _as_list(model_inputs["error"]),
             "error_type": _as_list(model_inputs["error_type"]),
+            **extra,
         }
 
-    def postprocess(self, model_outputs: dict[str, Any], return_neighbors: bool = False) -> dict[str, Any]:
+    def _explain(
+        self,
+        inputs: torch.Tensor,
+        valid: torch.Tensor,
+        mode: str,
+        k: int,
+        coverage: float | None,
+        heatmap_grade: int | None,
+    ) -> tuple[GradeDecision, dict[str, torch.Tensor]]:
+        """Decision and Grad-CAM maps from one forward pass; maps (and the pixels they overlay) for every row."""
+        from .gradcam_retinascan import grad_cam
+
+        explanation = grad_cam(
+            self.model, inputs, mode, self.feature_bank, k, target_grade=heatmap_grade, coverage=coverage
+        )
+        size = inputs.shape[-1]
+        heatmaps = torch.zeros(valid.shape[0], size, size)
+        heatmaps[valid] = explanation.heatmaps.float().cpu()
+        pixels = torch.zeros(valid.shape[0], 3, size, size)
+        pixels[valid] = inputs.float().cpu()
+        return explanation.decision, {"heatmap": heatmaps, "heatmap_pixels": pixels}
+
+    def postprocess(
+        self,
+        model_outputs: dict[str, Any],
+        return_neighbors: bool = False,
+        top_k: int | None = None,
+        return_heatmap: bool = False,
+    ) -> dict[str, Any]:
+        result = self._describe(model_outputs, return_neighbors)
+        if top_k is not None:
+            result["top_k"] = self._ranked(result["scores"], top_k)
+        if return_heatmap and result["gradable"]:
+            result.update(self._heatmap_fields(model_outputs))
+        return result
+
+    def _ranked(self, scores: list[float] | None, top_k: int) -> list[dict[str, Any]] | None:
+        """The `top_k` grades as `[{"label", "score"}]`, highest first; `None` for an ungraded item."""
+        if scores is None:
+            return None
+        ranked = sorted(enumerate(scores), key=lambda item: item[1], reverse=True)[:top_k]
+        return [{"label": self.model.config.id2label[grade], "score": score} for grade, score in ranked]
+
+    def _describe(self, model_outputs: dict[str, Any], return_neighbors: bool) -> dict[str, Any]:
         if not bool(model_outputs["valid"].reshape(-1)[0]):
             return {
                 "grade": None,
@@ -258,6 +398,7 @@ class RetinaScanPipeline(Pipeline):
             "referable": grade >= self.model.config.referable_grade,
             "mode": _first(model_outputs["mode"]),
             "gradable": True,
+            "grade_set": _grade_set(model_outputs["grade_set_bounds"].reshape(-1).tolist()),
         }
         if return_neighbors and result["mode"] == "knn":
             result["neighbors"] = self._describe_neighbors(
@@ -265,6 +406,16 @@ class RetinaScanPipeline(Pipeline):
                 model_outputs["neighbor_similarities"].reshape(-1),
             )
         return result
+
+    def _heatmap_fields(self, model_outputs: dict[str, Any]) -> dict[str, Any]:
+        from .gradcam_retinascan import overlay_heatmap, pixels_to_image
+
+        processor = self.image_processor
+        heatmap = model_outputs["heatmap"][0].numpy().copy()  # a copy: not a view into the batch's tensor
+        picture = pixels_to_image(
+            model_outputs["heatmap_pixels"][0], processor.image_mean, processor.image_std, processor.do_normalize
+        )
+        return {"heatmap": heatmap, "overlay": overlay_heatmap(picture, heatmap)}
 
     def _describe_neighbors(self, indices: torch.Tensor, similarities: torch.Tensor) -> list[dict[str, Any]]:
         bank = self.feature_bank
@@ -287,4 +438,20 @@ class RetinaScanPipeline(Pipeline):
             self.feature_bank.save_pretrained(save_directory)
 
 
-__all__ = ["RetinaScanPipeline", "pipeline_registration"]
+def register_pipeline_task(replace: bool = True) -> None:
+    """Make `pipeline("retinascan")` this module's [`RetinaScanPipeline`] (with `AutoModel` for model ids).
+
+    The installed package calls this from `register()` (`replace=True`: its classes win). A model loaded through
+    remote code calls it with `replace=False` (see `RetinaScanModel.__init__`), so that `pipeline("retinascan",
+    model=<that model object>, image_processor=...)` works in a process that never imported `retinascan_hf`,
+    without displacing a pipeline already registered.
+    """
+    registered = PIPELINE_REGISTRY.supported_tasks.get(PIPELINE_TASK)
+    if registered is not None and (registered["impl"] is RetinaScanPipeline or not replace):
+        return
+    PIPELINE_REGISTRY.register_pipeline(
+        PIPELINE_TASK, pipeline_class=RetinaScanPipeline, pt_model=AutoModel, type="image"
+    )
+
+
+__all__ = ["RetinaScanPipeline", "register_pipeline_task"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from retinascan_hf import FeatureBank
+from retinascan_hf import FeatureBank, RetinaScanModel
 from retinascan_hf.synthetic import synthetic_fundus_set
 from retinascan_hf.tiny_clip import random_retinascan
 
@@ -59,6 +59,20 @@ def model_dir(tmp_path_factory, tiny_model_and_processor, bank_for) -> Path:
     processor.save_pretrained(directory)
     bank_for.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture
+def count_backbone_forwards(monkeypatch):
+    """Counts images pushed through `RetinaScanModel.forward_features` (in any instance)."""
+    seen = []
+    original = RetinaScanModel.forward_features
+
+    def counting(self, pixel_values):
+        seen.append(len(pixel_values))
+        return original(self, pixel_values)
+
+    monkeypatch.setattr(RetinaScanModel, "forward_features", counting)
+    return seen
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 from transformers import pipeline
+from transformers.testing_utils import CaptureLogger
 
 from retinascan_hf import FeatureBank, RetinaScanPipeline
+from retinascan_hf.pipeline_retinascan import logger
 from retinascan_hf.synthetic import render_fundus
 
 RESULT_KEYS = {"grade", "label", "scores", "referable", "mode", "gradable"}
@@ -113,10 +115,13 @@ def test_path_and_numpy_inputs(grader, tmp_path):
 
 def test_without_a_bank_knn_falls_back_to_ordinal_with_a_warning(tiny_model_and_processor, fundus_images):
     model, processor = tiny_model_and_processor
-    grader = RetinaScanPipeline(model=model, image_processor=processor, feature_bank=False)
-    assert grader(fundus_images[0])["mode"] == "ordinal"  # default without a bank, silently
-    with pytest.warns(UserWarning, match="feature bank"):
+    with CaptureLogger(logger) as captured:
+        grader = RetinaScanPipeline(model=model, image_processor=processor, feature_bank=False)
+        assert grader(fundus_images[0])["mode"] == "ordinal"  # no bank by request: silently
+    assert captured.out == ""
+    with CaptureLogger(logger) as captured:
         assert grader(fundus_images[0], mode="knn")["mode"] == "ordinal"
+    assert "mode='knn' needs a feature bank" in captured.out
 
 
 def test_incompatible_bank_is_refused_with_both_dims(tiny_model_and_processor):

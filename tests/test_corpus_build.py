@@ -151,9 +151,11 @@ def test_same_seed_rebuilds_identically_other_seed_differs(
 def test_rebuild_replaces_output_and_a_failed_build_leaves_it_intact(sources: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "corpus"
     build_corpus({"aptos": sources["aptos"]}, out, progress=False)
-    (out / "stale.txt").write_text("old")  # a previous build's folder (it holds build_report.json)
+    (out / "stale.txt").write_text("old")  # no longer exactly what the build wrote: kept, and the build refused
+    with pytest.raises(FileExistsError, match=r"stale\.txt"):
+        build_corpus({"aptos": sources["aptos"]}, out, progress=False)
+    (out / "stale.txt").unlink()
     build_corpus({"aptos": sources["aptos"]}, out, progress=False)
-    assert not (out / "stale.txt").exists()
     before = split_ids(out)
     with pytest.raises(ValueError, match="held-out source"):
         build_corpus({"aptos": sources["aptos"]}, out, protocol="loso:ddr", progress=False)
@@ -249,6 +251,6 @@ def test_build_never_replaces_a_folder_it_did_not_write(tmp_path: Path, where: s
     unrelated = tmp_path / "unrelated"
     unrelated.mkdir()
     (unrelated / "thesis.tex").write_text("draft")
-    with pytest.raises(FileExistsError, match="not written by this tool"):
+    with pytest.raises(FileExistsError, match=r"holds no \.retinascan-manifest\.json"):
         build_corpus({"eyepacs": source}, unrelated, progress=False)
     assert (unrelated / "thesis.tex").read_text() == "draft"

@@ -32,8 +32,8 @@ def test_check_image(tmp_path: Path, name: str, state: str, issue: Exclusion | N
     assert check.sha256 == (hashlib.sha256(path.read_bytes()).hexdigest() if issue is None else "")
 
 
-def test_a_directory_is_unreadable_not_fatal(tmp_path: Path) -> None:
-    assert check_image(str(tmp_path)).issue == Exclusion.UNREADABLE_FILE
+def test_a_directory_is_excluded_not_fatal(tmp_path: Path) -> None:
+    assert check_image(str(tmp_path)).issue == Exclusion.NOT_A_REGULAR_FILE
 
 
 def test_worker_processes_give_the_same_checks_in_order(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import torch
 from accelerate import Accelerator
 from training_support import small_config
 
-from retinascan_hf import RetinaScanModel
+from retinascan_hf import RetinaScanImageProcessor, RetinaScanModel
 from retinascan_hf.synthetic import save_synthetic_corpus, synthetic_corpus
 from retinascan_hf.tiny_clip import random_retinascan, trainable_tiny_clip_config
 from retinascan_hf.training import backbone_fingerprint, run_training
@@ -30,27 +30,15 @@ def run_config(output_dir, corpus_dir, cache_dir, **overrides):
     return small_config(output_dir, data=str(corpus_dir), cache_dir=str(cache_dir), num_epochs=1, **overrides)
 
 
-@pytest.fixture
-def count_backbone_forwards(monkeypatch):
-    """Counts images pushed through `RetinaScanModel.forward_features` (in any instance)."""
-    seen = []
-    original = RetinaScanModel.forward_features
-
-    def counting(self, pixel_values):
-        seen.append(len(pixel_values))
-        return original(self, pixel_values)
-
-    monkeypatch.setattr(RetinaScanModel, "forward_features", counting)
-    return seen
-
-
 def test_second_run_with_the_same_backbone_computes_no_backbone_forward(tmp_path, corpus_dir, count_backbone_forwards):
     cache_dir = tmp_path / "cache"
     first = run_training(run_config(tmp_path / "first", corpus_dir, cache_dir))
     images = {name: sum(counts) for name, counts in COUNTS.items()}
     expected = images["train"] * 2 + images["validation"] + images["test"]  # n_views=2 for train only
     assert first.metrics["feature_cache"]["total"] == {"computed": expected, "reused": 0}
-    assert sum(count_backbone_forwards) == expected
+    # every forward has the fixed shape (the last of each split padded): features never depend on batch companions
+    assert set(count_backbone_forwards) == {16}
+    assert expected <= sum(count_backbone_forwards) < expected + 16 * len(COUNTS)
 
     count_backbone_forwards.clear()
     second = run_training(
@@ -166,3 +154,14 @@ def test_cache_keeps_completed_groups_when_the_run_dies(tmp_path, monkeypatch):
     monkeypatch.setattr(RetinaScanModel, "forward_features", original)
     _, stats = cached_features(model, views, "train", 1, cache=cache, accelerator=accelerator, batch_size=2)
     assert vars(stats) == {"reused": 4, "computed": 6}  # the first group of 4 images survived the crash
+
+
+def test_fingerprint_survives_saving_the_model_folder(tmp_path):
+    """A processor loaded from a model folder carries `auto_map`; it must still find training's features."""
+    model, processor = random_retinascan(seed=0)
+    at_training = backbone_fingerprint(model, processor)  # computed before anything is saved, as training does
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = RetinaScanImageProcessor.from_pretrained(tmp_path)
+    assert "auto_map" in loaded.to_dict()
+    assert backbone_fingerprint(RetinaScanModel.from_pretrained(tmp_path), loaded) == at_training

@@ -1,8 +1,8 @@
-"""`TrainingConfig`: reference defaults, YAML loading, command-line overrides, typed validation."""
+"""`TrainingConfig`: reference defaults, YAML loading, command-line overrides (HfArgumentParser), validation."""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 
 import pytest
 import torch
@@ -10,11 +10,7 @@ import torch
 from retinascan_hf.training import TrainingConfig
 from retinascan_hf.training.trainer import resolve_mixed_precision
 
-
-def parse(argv: list[str]) -> TrainingConfig:
-    parser = argparse.ArgumentParser()
-    TrainingConfig.add_arguments(parser)
-    return TrainingConfig.from_args(parser.parse_args(argv))
+parse = TrainingConfig.parse_args
 
 
 def test_defaults_are_the_reference_configuration():
@@ -54,7 +50,13 @@ def test_yaml_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"learning_rte": 1e-4}, "Unknown TrainingConfig field"),
+        ({"learning_rte": 1e-4}, "Unknown TrainingConfig field.*did you mean 'learning_rate'"),
+        ({"learning_rate": float("nan")}, "learning_rate must be a finite number"),
+        ({"aug_rotation": float("inf")}, "aug_rotation must be a finite number"),
+        ({"weight_decay": -1}, "weight_decay may not be negative"),
+        ({"log_with": ["csv", "wandb"]}, "log_with must list trackers"),
+        ({"log_with": 3}, "log_with must be a list"),
+        ({"backbone": {"name": "clip"}}, "backbone must be text"),
         ({"num_epochs": "many"}, "num_epochs must be a number"),
         ({"n_per_class": 0}, "n_per_class must be at least 1"),
         ({"mixed_precision": "fp8"}, "mixed_precision must be one of"),
@@ -67,9 +69,30 @@ def test_bad_values_are_rejected_with_the_field_name(values, message):
         TrainingConfig.from_dict(values)
 
 
-def test_cli_rejects_bad_choices():
-    with pytest.raises(SystemExit):
-        parse(["--mixed-precision", "fp8"])
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [(["--mixed-precision", "fp8"], "--mixed_precision"), (["--num-epochs", "many"], "--num_epochs")],
+)
+def test_bad_flags_exit_2_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(argv)
+    assert exit_info.value.code == 2 and flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("num_epochs: many\n", "num_epochs must be a number"),
+        ("- learning_rate\n", "must hold a mapping"),
+        ("learning_rate: [1e-4\n", "Cannot read the training configuration"),
+        ("n_per_class: 2\nlearning_rte: 3e-4\n", "Unknown TrainingConfig field.*in .*run.yaml"),
+    ],
+)
+def test_bad_yaml_files_are_refused_naming_file_and_field(tmp_path, text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        parse(["--config", str(path)])
 
 
 def test_mixed_precision_auto_follows_the_device(monkeypatch):
@@ -82,13 +105,14 @@ def test_mixed_precision_auto_follows_the_device(monkeypatch):
     assert resolve_mixed_precision(TrainingConfig(mixed_precision="no")) == "no"
 
 
-def test_every_flag_has_help_from_the_docstring():
-    import dataclasses
+def test_every_field_is_a_flag_with_help_text():
+    from transformers import HfArgumentParser
 
-    from retinascan_hf.training.config import _field_docs
-
-    documented = _field_docs()
-    assert [field.name for field in dataclasses.fields(TrainingConfig) if not documented.get(field.name)] == []
-    parser = argparse.ArgumentParser()
-    TrainingConfig.add_arguments(parser)
-    assert "balanced sampler" in parser.format_help()
+    parser = TrainingConfig.argument_parser()
+    assert isinstance(parser, HfArgumentParser)
+    text = " ".join(parser.format_help().split())
+    for item in dataclasses.fields(TrainingConfig):
+        assert item.metadata["help"], item.name
+        assert f"--{item.name.replace('_', '-')}" in text
+    assert "balanced sampler" in text and "~/.cache/huggingface" in text  # where the feature cache lives
+    assert "--no-freeze-backbone" in text and "--no-progress" in text

@@ -1,55 +1,21 @@
-"""Metrics against scikit-learn, and the calibration searches on logits with a known miscalibration."""
+"""Calibration on logits with a known miscalibration; threshold tuning keeps every grade reachable."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import cohen_kappa_score
-from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
-from retinascan_hf.training.calibration import calibrate, fit_prototype_temperature, tune_coral_thresholds
-from retinascan_hf.training.metrics import (
-    confusion_matrix,
-    expected_calibration_error,
-    grading_report,
-    quadratic_weighted_kappa,
+from retinascan_hf.metrics import expected_calibration_error, quadratic_weighted_kappa
+from retinascan_hf.modeling_retinascan import ordinal_grades, ordinal_probabilities
+from retinascan_hf.training import TrainingConfig
+from retinascan_hf.training.calibration import (
+    calibrate,
+    effective_cut_points,
+    fit_prototype_temperature,
+    tune_coral_thresholds,
+    unreachable_grades,
 )
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_qwk_and_confusion_matrix_match_scikit_learn(seed):
-    rng = np.random.default_rng(seed)
-    truth = rng.integers(0, 5, 200)
-    predicted = np.clip(truth + rng.integers(-2, 3, 200), 0, 4)
-    assert quadratic_weighted_kappa(truth, predicted) == pytest.approx(
-        cohen_kappa_score(truth, predicted, weights="quadratic")
-    )
-    assert (confusion_matrix(truth, predicted) == sklearn_confusion_matrix(truth, predicted, labels=range(5))).all()
-
-
-def test_qwk_edge_cases():
-    assert quadratic_weighted_kappa([2, 2, 2], [2, 2, 2]) == 1.0
-    assert quadratic_weighted_kappa([0, 1, 2, 3, 4], [0, 0, 0, 0, 0]) == 0.0
-    assert quadratic_weighted_kappa([0, 1, 2, 3, 4], [4, 3, 2, 1, 0]) == pytest.approx(-1.0)
-
-
-def test_expected_calibration_error():
-    labels = np.array([0, 0, 1, 1])
-    perfect = np.eye(5)[labels]
-    assert expected_calibration_error(perfect, labels) == 0.0
-    overconfident = np.full((4, 5), 0.0)
-    overconfident[:, 0] = 1.0  # always certain of grade 0, right half of the time
-    assert expected_calibration_error(overconfident, labels) == pytest.approx(0.5)
-
-
-def test_grading_report_per_grade_and_referable():
-    report = grading_report([0, 0, 2, 3, 4, 1], [0, 2, 2, 1, 4, 1])
-    assert report["accuracy"] == pytest.approx(4 / 6)
-    assert [row["support"] for row in report["per_grade"]] == [2, 1, 1, 1, 1]
-    assert report["per_grade"][0]["recall"] == 0.5 and report["per_grade"][2]["precision"] == 0.5
-    assert report["referable_sensitivity"] == pytest.approx(2 / 3)
-    assert report["referable_specificity"] == pytest.approx(2 / 3)
 
 
 def ordinal_toy(seed: int = 0, n: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,3 +44,77 @@ def test_prototype_temperature_lowers_ece_of_an_overconfident_softmax():
     before = expected_calibration_error(torch.softmax(logits, -1).numpy(), labels.numpy())
     after = expected_calibration_error(torch.softmax(logits / temperature, -1).numpy(), labels.numpy())
     assert temperature > 1.0 and after < before / 2
+
+
+QUICKSTART_BIASES = torch.tensor([1.1131, 0.8264, 0.4286, 0.1551])  # CORAL biases of the quickstart model
+QUICKSTART_TEMPERATURE = 0.549
+QUICKSTART_THRESHOLDS = [-1.106, -0.257, 1.705, 0.0]  # what the unconstrained search tuned them to
+
+
+def quickstart_like(seed: int, n_per_grade: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """CORAL logits (one shared score plus the quickstart biases) where grade 3 sits almost on grade 2: the
+    situation in which a QWK-only search gave up grade 3 on the quickstart model."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(5).repeat_interleave(n_per_grade)
+    centre = torch.tensor([-2.0, -1.0, 0.2, 0.5, 1.6])[labels]
+    score = centre + 0.9 * torch.randn(len(labels), generator=generator)
+    return score[:, None] + QUICKSTART_BIASES, labels
+
+
+def reachable_on_a_score_sweep(temperature: float, thresholds: list[float]) -> set[int]:
+    sweep = torch.linspace(-20, 20, 40001)[:, None] + QUICKSTART_BIASES
+    return set(ordinal_grades(sweep, temperature, torch.tensor(thresholds)).tolist())
+
+
+def test_the_quickstart_thresholds_made_grade_3_impossible():
+    """The defect: with these thresholds no score yields grade 3, and P(grade 3) is exactly 0."""
+    sweep = torch.linspace(-20, 20, 40001)[:, None] + QUICKSTART_BIASES
+    assert reachable_on_a_score_sweep(QUICKSTART_TEMPERATURE, QUICKSTART_THRESHOLDS) == {0, 1, 2, 4}
+    probs = ordinal_probabilities(sweep, QUICKSTART_TEMPERATURE, torch.tensor(QUICKSTART_THRESHOLDS))
+    assert probs[:, 3].max() == 0.0
+    assert unreachable_grades(sweep, QUICKSTART_TEMPERATURE, QUICKSTART_THRESHOLDS) == [3]
+
+
+@pytest.mark.parametrize("seed", [2, 5, 8, 9])  # the unconstrained search left grade 1, 2, 3, 3 unreachable
+def test_tuned_thresholds_keep_every_grade_reachable(seed):
+    logits, labels = quickstart_like(seed)
+    thresholds = tune_coral_thresholds(logits, labels, QUICKSTART_TEMPERATURE)
+    cuts = effective_cut_points(logits, QUICKSTART_TEMPERATURE, thresholds)
+    assert (np.diff(cuts) > 0).all() and unreachable_grades(logits, QUICKSTART_TEMPERATURE, thresholds) == []
+    assert reachable_on_a_score_sweep(QUICKSTART_TEMPERATURE, thresholds) == {0, 1, 2, 3, 4}
+    probs = ordinal_probabilities(logits, QUICKSTART_TEMPERATURE, torch.tensor(thresholds))
+    assert (probs > 0).all()  # no grade has probability exactly 0 any more
+    untuned = ordinal_grades(logits, QUICKSTART_TEMPERATURE, torch.zeros(4)).numpy()
+    tuned = ordinal_grades(logits, QUICKSTART_TEMPERATURE, torch.tensor(thresholds)).numpy()
+    assert quadratic_weighted_kappa(labels.numpy(), tuned) >= quadratic_weighted_kappa(labels.numpy(), untuned)
+
+
+def test_minimum_grade_recall_is_met_when_it_can_be():
+    logits, labels = quickstart_like(0)
+    free = tune_coral_thresholds(logits, labels, QUICKSTART_TEMPERATURE)
+    floored = tune_coral_thresholds(logits, labels, QUICKSTART_TEMPERATURE, min_grade_recall=0.5)
+
+    def recalls(thresholds):
+        grades = ordinal_grades(logits, QUICKSTART_TEMPERATURE, torch.tensor(thresholds))
+        return [float((grades[labels == grade] == grade).float().mean()) for grade in range(5)]
+
+    assert min(recalls(free)) < 0.5 <= min(recalls(floored))
+    qwk = {
+        name: quadratic_weighted_kappa(
+            labels.numpy(), ordinal_grades(logits, QUICKSTART_TEMPERATURE, torch.tensor(t)).numpy()
+        )
+        for name, t in (("free", free), ("floored", floored))
+    }
+    assert qwk["floored"] <= qwk["free"]
+    result = calibrate(logits, torch.randn(len(labels), 5), labels, min_grade_recall=0.5)
+    assert result.min_grade_recall == 0.5 and result.unreachable_grades == []
+    with pytest.raises(ValueError, match="min_grade_recall"):
+        tune_coral_thresholds(logits, labels, min_grade_recall=1.5)
+    with pytest.raises(ValueError, match="min_grade_recall"):
+        TrainingConfig(min_grade_recall=-0.1)
+
+
+def test_calibration_needs_two_grades():
+    logits = torch.randn(10, 4)
+    with pytest.raises(ValueError, match="at least two grades"):
+        calibrate(logits, torch.randn(10, 5), torch.zeros(10, dtype=torch.long))

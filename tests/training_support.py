@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from retinascan_hf.synthetic import save_synthetic_corpus
 from retinascan_hf.training import CachedSplit, TrainingConfig
 
 TINY_DIM = 32  # embedding width of `random_retinascan()`'s default tiny CLIP
@@ -27,6 +28,15 @@ def grade_structured_split(
     features = base + grades[:, None, None].float() * direction + noise * noise_draw
     ids = [f"{name}/{index}" for index in range(len(grades))]
     return CachedSplit(features, grades, ids, ["synthetic"] * len(grades))
+
+
+SMALL_CORPUS_COUNTS = {"train": (6,) * 5, "validation": (3,) * 5, "test": (2,) * 5}
+
+
+def save_small_corpus(directory: Path) -> Path:
+    """A 55-image synthetic corpus (48 px) saved at `directory`, for runs of `run_training`."""
+    save_synthetic_corpus(directory, SMALL_CORPUS_COUNTS, size=48, seed=0)
+    return directory
 
 
 def small_config(output_dir: Path, **overrides: Any) -> TrainingConfig:

@@ -1,18 +1,18 @@
 """``retinascan data build``: argument parsing only; the work is :func:`build_corpus`.
 
 Library modules (datasets, huggingface_hub) are imported when the command runs, so registering
-the command keeps ``retinascan --help`` fast.
+the command keeps ``retinascan --help`` fast. Errors (a bad source, an existing output) end the command
+with one line on stderr and exit status 2 (``retinascan_hf.cli``).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..corpus.adapters import ADAPTERS
+from ..corpus.adapters import KINDS
 
 
 class _CollectSources(argparse.Action):
@@ -29,8 +29,8 @@ class _CollectSources(argparse.Action):
         sources = dict(getattr(namespace, self.dest) or {})
         if not separator or not path:
             parser.error(f"{option_string} expects KIND=PATH, got {values!r}")
-        if kind not in ADAPTERS:
-            parser.error(f"unknown source kind {kind!r}; known: {', '.join(ADAPTERS)}")
+        if kind not in KINDS:
+            parser.error(f"unknown source kind {kind!r}; known: {', '.join(KINDS)}")
         if kind in sources:
             parser.error(f"source kind {kind!r} given twice")
         sources[kind] = Path(path)
@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action=_CollectSources,
         required=True,
         metavar="KIND=PATH",
-        help=f"a data set to include, repeatable; KIND is one of {', '.join(ADAPTERS)} "
+        help=f"a data set to include, repeatable; KIND is one of {', '.join(KINDS)} "
         "(PATH is the CSV file itself for csv)",
     )
     build.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
@@ -69,15 +69,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--num-proc", type=int, default=1, help="processes that check and hash images")
     build.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the corpus and its card to the Hub")
     build.add_argument("--public", action="store_true", help="make the Hub dataset public (default private)")
+    build.add_argument("--no-progress", dest="progress", action="store_false", help="hide every progress bar")
     build.set_defaults(func=run_build)
 
 
 def run_build(args: argparse.Namespace) -> int:
-    """Build (and optionally push) the corpus; a configuration error exits 2 with its message."""
+    """Build (and optionally push) the corpus, print its tables."""
     from ..corpus.build import build_corpus
     from ..corpus.report import REPORT_FILE, format_table
+    from ..progress import progress_bars
 
-    try:
+    with progress_bars(args.progress):
         report = build_corpus(
             args.sources,
             args.out,
@@ -86,16 +88,15 @@ def run_build(args: argparse.Namespace) -> int:
             val_ratio=args.val_ratio,
             test_ratio=args.test_ratio,
             num_proc=args.num_proc,
+            progress=args.progress,
         )
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"retinascan data build: error: {error}", file=sys.stderr)
-        return 2
     print(format_table(report.source_table()), end="\n\n")
     print(format_table(report.split_table()), end="\n\n")
     print(f"Saved {report.num_kept} images to {args.out} (report: {args.out / REPORT_FILE})")
     if args.push_to_hub:
         from ..corpus.hub import push_corpus
 
-        push_corpus(args.out, report, args.push_to_hub, private=not args.public)
+        with progress_bars(args.progress):
+            push_corpus(args.out, report, args.push_to_hub, private=not args.public)
         print(f"Pushed to https://huggingface.co/datasets/{args.push_to_hub}")
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,6 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Export a saved model to ONNX (fp32, optionally int8) for `backend='onnx'`.",
         description="Writes DIR/onnx/model.onnx (and with --int8 model_int8.onnx) and export_config.json, which "
         "records the opset, library versions and the sha256 of the weights exported.",
+        epilog="exit status: 0 exported; 2 an error stopped the command (one line on stderr).",
     )
     parser.add_argument("--model", required=True, help="Saved model folder (weights, config, processor).")
     parser.add_argument("--int8", action="store_true", help="Also write an int8 graph quantised by ONNX Runtime.")
@@ -32,20 +32,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Export; an error propagates to `retinascan`'s one-line error report (exit status 2)."""
     from ..onnx_export import export_onnx
 
-    try:
-        record = export_onnx(
-            args.model,
-            args.output,
-            int8=args.int8,
-            quantization=args.quantization,
-            calibration_data=args.calibration_data,
-            calibration_size=args.calibration_size,
-        )
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError, OSError) as error:
-        print(f"retinascan export-onnx: {error}", file=sys.stderr)
-        return 2
+    record = export_onnx(
+        args.model,
+        args.output,
+        int8=args.int8,
+        quantization=args.quantization,
+        calibration_data=args.calibration_data,
+        calibration_size=args.calibration_size,
+    )
     print(json.dumps({"variants": record.variants, "opset": record.opset, "parity": record.parity}, indent=2))
     return 0
 

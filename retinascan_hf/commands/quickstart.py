@@ -15,12 +15,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     quick.add_argument("--output-dir", default="retinascan-quickstart", help="default: ./retinascan-quickstart")
     quick.add_argument("--seed", type=int, default=0, help="default: 0")
-    quick.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    quick.add_argument("--no-progress", dest="progress", action="store_false", help="hide every progress bar")
     quick.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..training.quickstart import quickstart
 
-    quickstart(args.output_dir, seed=args.seed, progress=args.progress)
+    quickstart(args.output_dir, seed=args.seed, progress=args.progress, log=print)
     return 0

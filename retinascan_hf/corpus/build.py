@@ -2,29 +2,49 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..atomic_io import atomic_directory, check_replaceable
+from transformers.utils import logging
+
+from ..atomic_io import atomic_directory, check_replaceable, recover_directory
 from .adapters import ADAPTERS
 from .dataset import save_corpus, to_dataset_dict
 from .report import REPORT_FILE, BuildReport
 from .schema import Record
-from .screen import screen_records
-from .split import Protocol, assign_splits
+from .screen import Excluded, screen_records
+from .split import Protocol, assign_splits, split_warnings
+
+logger = logging.get_logger(__name__)
 
 
-def read_sources(sources: Mapping[str, Path]) -> list[Record]:
-    """Records of every source, read in sorted kind order so the order of ``sources`` is irrelevant.
+class EmptySourceError(ValueError):
+    """A source that contributes nothing: no row listed, or none that survived screening."""
+
+
+def read_sources_by_kind(sources: Mapping[str, Path]) -> dict[str, list[Record]]:
+    """Records of every source kind, in sorted kind order so the order of ``sources`` is irrelevant.
 
     Raises:
-        ValueError: for a kind no adapter reads, or a label file without its layout's columns.
+        ValueError: for a kind no adapter reads, or a label file that cannot be read (wrong or repeated
+            columns, not UTF-8, not a regular file, too large).
+        EmptySourceError: for a source that lists no row at all (a header-only label file).
         FileNotFoundError: when a layout's label file is missing (a wrong path, not a bad image).
     """
     unknown = sorted(set(sources) - set(ADAPTERS))
     if unknown:
         raise ValueError(f"unknown source kind(s) {', '.join(unknown)}; known: {', '.join(ADAPTERS)}")
-    return [record for kind in sorted(sources) for record in ADAPTERS[kind](Path(sources[kind]))]
+    by_kind = {kind: list(ADAPTERS[kind](Path(sources[kind]))) for kind in sorted(sources)}
+    for kind, records in by_kind.items():
+        if not records:
+            raise EmptySourceError(f"The {kind} source {sources[kind]} lists no rows: is its label file empty?")
+    return by_kind
+
+
+def read_sources(sources: Mapping[str, Path]) -> list[Record]:
+    """Records of every source, read in sorted kind order (see [`read_sources_by_kind`])."""
+    return [record for records in read_sources_by_kind(sources).values() for record in records]
 
 
 def build_corpus(
@@ -51,9 +71,14 @@ def build_corpus(
     plan = Protocol.parse(protocol)
     if not (0 <= val_ratio < 1 and 0 <= test_ratio < 1 and val_ratio + test_ratio < 1):
         raise ValueError(f"need 0 <= val_ratio, test_ratio and a sum below 1; got {val_ratio}, {test_ratio}")
-    found = read_sources(sources)
+    by_kind = read_sources_by_kind(sources)
+    found = [record for records in by_kind.values() for record in records]
     kept, excluded = screen_records(found, num_proc=num_proc, progress=progress)
+    _check_every_source_kept_something(by_kind, sources, kept, excluded)
     split_names = assign_splits(kept, plan, seed=seed, val_ratio=val_ratio, test_ratio=test_ratio)
+    warnings = split_warnings(kept, split_names, plan, plan.wanted_splits(val_ratio, test_ratio))
+    for warning in warnings:
+        logger.warning(warning)
     report = BuildReport.summarise(
         found=found,
         kept=kept,
@@ -63,6 +88,7 @@ def build_corpus(
         seed=seed,
         val_ratio=val_ratio,
         test_ratio=test_ratio,
+        warnings=warnings,
     )
     with atomic_directory(Path(out_dir), marker=REPORT_FILE) as staging:
         save_corpus(to_dataset_dict(kept, split_names), staging, progress=progress)
@@ -70,8 +96,32 @@ def build_corpus(
     return report
 
 
+def _check_every_source_kept_something(
+    by_kind: Mapping[str, Sequence[Record]],
+    sources: Mapping[str, Path],
+    kept: Sequence[Record],
+    excluded: Sequence[Excluded],
+) -> None:
+    """An empty corpus, or a source that lost every row, is an error naming the reasons, never an exit 0."""
+    kept_ids = {record.image_id for record in kept}
+    for kind, records in by_kind.items():
+        if any(record.image_id in kept_ids for record in records):
+            continue
+        ids = {record.image_id for record in records}
+        mine = [row for row in excluded if row.image_id in ids]
+        reasons = ", ".join(f"{reason} {count}" for reason, count in Counter(row.reason.value for row in mine).items())
+        examples = "; ".join(
+            f"{row.path}{f':{row.line}' if row.line else ''} ({row.detail or row.reason.value})" for row in mine[:3]
+        )
+        raise EmptySourceError(
+            f"No image of the {kind} source {sources[kind]} survived screening: {len(records)} row(s) listed, "
+            f"excluded as {reasons}. For example: {examples}."
+        )
+
+
 def _check_output_is_apart(out_dir: Path, sources: Mapping[str, Path]) -> None:
     """Fail before any work if writing ``out_dir`` could destroy a source or a folder we did not make."""
+    recover_directory(out_dir)  # a build killed while replacing it: put the old corpus back first
     target = out_dir.resolve()
     for kind, source in sources.items():
         source_path = Path(source).resolve()

@@ -41,11 +41,12 @@ Columns: `image`, `grade` (ICDR: {grades}), `source`, `image_id` (unique), `pati
 ## Data quality
 
 Rows each source listed, rows kept, and rows excluded per reason (ungradable or out-of-range
-labels, missing, unreadable or truncated files, repeated ids, byte-identical duplicates of an image
-kept from another row). Every exclusion is itemised in `{REPORT_FILE}`.
+labels, malformed rows, missing, unreadable, oversized or truncated files, repeated ids, byte-identical
+duplicates of an image kept from another row). Every exclusion is itemised in `{REPORT_FILE}`, malformed
+rows with their line number.
 
 {markdown_table(report.source_table())}
-
+{_warnings_section(report)}
 ## Licence
 
 The images stay under the terms of the data sets they come from; check that those terms allow
@@ -59,6 +60,13 @@ from datasets import load_dataset
 corpus = load_dataset("{repo_id}")
 ```
 """
+
+
+def _warnings_section(report: BuildReport) -> str:
+    """The build's warnings (too-small splits...) as a Markdown section, or nothing when there are none."""
+    if not report.warnings:
+        return ""
+    return "\n## Warnings\n\n" + "\n".join(f"- {warning}" for warning in report.warnings) + "\n"
 
 
 def corpus_card(report: BuildReport, repo_id: str, metadata: Mapping[str, Any] | None = None) -> DatasetCard:

@@ -39,7 +39,10 @@ class BuildReport:
         protocol, seed, val_ratio, test_ratio: the split settings used.
         sources: per-source :class:`SourceCounts`.
         splits: ``splits[split][source]`` is the number of images per grade 0-4.
-        excluded: every excluded row, with its reason (and kept twin for duplicates).
+        excluded: every excluded row, with its reason (and kept twin for duplicates, line and detail for
+            malformed rows).
+        warnings: what the build could do but the user should know (a split too small, a source in too
+            few splits).
     """
 
     protocol: str
@@ -49,6 +52,7 @@ class BuildReport:
     sources: dict[str, SourceCounts]
     splits: dict[str, dict[str, list[int]]]
     excluded: list[Excluded]
+    warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def summarise(
@@ -62,6 +66,7 @@ class BuildReport:
         seed: int,
         val_ratio: float,
         test_ratio: float,
+        warnings: Sequence[str] = (),
     ) -> BuildReport:
         """Count a finished screening and split; ``split_names`` is aligned with ``kept``."""
         sources = {source: SourceCounts() for source in sorted({record.source for record in found})}
@@ -74,7 +79,7 @@ class BuildReport:
         splits = {split: {source: [0] * len(ICDR_LABELS) for source in sources} for split in SPLITS}
         for record, split in zip(kept, split_names, strict=True):
             splits[split][record.source][record.grade or 0] += 1
-        return cls(protocol, seed, val_ratio, test_ratio, sources, splits, list(excluded))
+        return cls(protocol, seed, val_ratio, test_ratio, sources, splits, list(excluded), list(warnings))
 
     @property
     def num_kept(self) -> int:

@@ -24,7 +24,10 @@ class Exclusion(str, Enum):
 
     UNGRADABLE = "ungradable"
     INVALID_GRADE = "invalid_grade"
+    MALFORMED_ROW = "malformed_row"
     MISSING_FILE = "missing_file"
+    NOT_A_REGULAR_FILE = "not_a_regular_file"
+    FILE_TOO_LARGE = "file_too_large"
     UNREADABLE_FILE = "unreadable_file"
     TRUNCATED_FILE = "truncated_file"
     DUPLICATE_ID = "duplicate_id"
@@ -45,7 +48,9 @@ class Record:
         eye: ``"left"``/``"right"`` where the source records it, else None.
         subset: the source's own split the row is published in (``"train"``, ``"crossval"``...),
             which the GDRBench protocol follows; None where the source has a single list.
-        issue: a label problem the adapter found (ungradable, out-of-range grade).
+        issue: a label problem the adapter found (ungradable, out-of-range grade, malformed row).
+        line: the line of the label file that lists the row (None for rows found by walking folders).
+        detail: what is wrong with a malformed row, for the report.
     """
 
     path: Path
@@ -56,6 +61,8 @@ class Record:
     eye: str | None = None
     subset: str | None = None
     issue: Exclusion | None = None
+    line: int | None = None
+    detail: str | None = None
 
 
 __all__ = ["GDRBENCH_SUBSETS", "ICDR_LABELS", "Exclusion", "Record"]

@@ -15,13 +15,24 @@ from .validate import check_images
 
 @dataclass(frozen=True)
 class Excluded:
-    """A listed row left out of the corpus; ``duplicate_of`` names the kept twin of a duplicate."""
+    """A listed row left out of the corpus.
+
+    Attributes:
+        image_id, source, path: the row (for a malformed row: the label file, and an id made of its name
+            and line).
+        reason: why it was left out.
+        duplicate_of: the kept twin of a duplicate.
+        line: the line of its label file that lists it (None for rows found by walking folders).
+        detail: what is wrong with a malformed row.
+    """
 
     image_id: str
     source: str
     path: str
     reason: Exclusion
     duplicate_of: str | None = None
+    line: int | None = None
+    detail: str | None = None
 
 
 def screen_records(
@@ -61,4 +72,4 @@ def screen_records(
 
 
 def _excluded(record: Record, reason: Exclusion, duplicate_of: str | None = None) -> Excluded:
-    return Excluded(record.image_id, record.source, str(record.path), reason, duplicate_of)
+    return Excluded(record.image_id, record.source, str(record.path), reason, duplicate_of, record.line, record.detail)

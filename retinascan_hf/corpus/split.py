@@ -18,9 +18,11 @@ from math import floor
 
 import numpy as np
 
-from .schema import GDRBENCH_SUBSETS, Record
+from .schema import GDRBENCH_SUBSETS, ICDR_LABELS, Record
 
 SPLITS: tuple[str, str, str] = ("train", "validation", "test")
+MIN_SPLIT_PATIENTS = len(ICDR_LABELS)
+"""Fewer patients than this in a split (one per grade) is worth a warning: its metrics mean little."""
 PROTOCOLS: tuple[str, ...] = ("merged", "loso", "gdrbench")
 _GDRBENCH_SPLIT: dict[str | None, str] = {"train": "train", "crossval": "validation"}
 
@@ -51,6 +53,15 @@ class Protocol:
     def __str__(self) -> str:
         return f"{self.name}:{self.held_out}" if self.held_out else self.name
 
+    def wanted_splits(self, val_ratio: float, test_ratio: float) -> tuple[str, ...]:
+        """The splits this protocol means to fill with these ratios (an empty one among them is a warning)."""
+        wanted = {
+            "train": True,
+            "validation": val_ratio > 0 or (self.name == "gdrbench" and self.held_out is not None),
+            "test": test_ratio > 0 or self.name != "merged",
+        }
+        return tuple(split for split in SPLITS if wanted[split])
+
 
 def assign_splits(
     records: Sequence[Record], protocol: Protocol, *, seed: int, val_ratio: float, test_ratio: float
@@ -70,6 +81,41 @@ def assign_splits(
             records, lambda record: record.subset == "train", otherwise="test", val_ratio=val_ratio, seed=seed
         )
     return ["test" if record.source == protocol.held_out else _GDRBENCH_SPLIT[record.subset] for record in records]
+
+
+def split_warnings(
+    records: Sequence[Record], split_names: Sequence[str], protocol: Protocol, wanted: Sequence[str]
+) -> list[str]:
+    """Why the splits may disappoint: a wanted split that is empty or holds fewer than `MIN_SPLIT_PATIENTS`
+    patients, and (merged protocol) a source with too few patients to appear in every wanted split."""
+    patients: dict[str, set[str]] = {split: set() for split in SPLITS}
+    per_source: dict[str, dict[str, set[str]]] = defaultdict(lambda: {split: set() for split in SPLITS})
+    for record, split in zip(records, split_names, strict=True):
+        patients[split].add(record.patient_id)
+        per_source[record.source][split].add(record.patient_id)
+    total = len(set().union(*patients.values()))
+    warnings = []
+    for split in wanted:
+        count = len(patients[split])
+        if count == 0:
+            warnings.append(
+                f"The {split} split is empty: {total} patient(s) in all are too few for the requested ratios."
+            )
+        elif count < MIN_SPLIT_PATIENTS:
+            warnings.append(
+                f"The {split} split holds only {count} patient(s), fewer than {MIN_SPLIT_PATIENTS}: its metrics will "
+                "mean little."
+            )
+    if protocol.name == "merged":
+        for source, splits in sorted(per_source.items()):
+            lacking = [split for split in wanted if not splits[split]]
+            if lacking:
+                count = len(set().union(*splits.values()))
+                warnings.append(
+                    f"Source {source!r} has {count} patient(s), too few for every split: {', '.join(lacking)} "
+                    "get(s) none of its images."
+                )
+    return warnings
 
 
 def grouped_stratified_split(records: Sequence[Record], ratios: Sequence[float], *, seed: int) -> list[str]:

@@ -1,31 +1,31 @@
 """Training for RetinaScan: Accelerate loop, frozen-backbone feature cache, calibration, model export.
 
+Metrics come from `retinascan_hf.metrics` (also the `evaluate` metric), never from code of their own.
+
 `run_training(TrainingConfig(...))` is the whole job (`scripts/train.py` and `retinascan train` wrap it);
-the modules below are its parts, each importable on its own.
+the modules below are its parts, each importable on its own. The names load lazily (see `retinascan_hf.lazy`),
+so reading `TrainingConfig` for `retinascan train --help` does not import torch.
 """
 
-from .calibration import CalibrationResult, calibrate
-from .config import TrainingConfig
-from .feature_cache import CacheStats, FeatureCache, backbone_fingerprint
-from .metrics import expected_calibration_error, grading_report, quadratic_weighted_kappa
-from .run import TrainingResult, run_training
-from .splits import CachedSplit, ImageSplit
-from .trainer import RetinaScanTrainer, make_accelerator
+from ..lazy import lazy_attributes
 
-__all__ = [
-    "CacheStats",
-    "CachedSplit",
-    "CalibrationResult",
-    "FeatureCache",
-    "ImageSplit",
-    "RetinaScanTrainer",
-    "TrainingConfig",
-    "TrainingResult",
-    "backbone_fingerprint",
-    "calibrate",
-    "expected_calibration_error",
-    "grading_report",
-    "make_accelerator",
-    "quadratic_weighted_kappa",
-    "run_training",
-]
+_EXPORTS = {
+    "CalibrationResult": "calibration",
+    "calibrate": "calibration",
+    "TrainingConfig": "config",
+    "ConformalResult": "conformal",
+    "fit_conformal": "conformal",
+    "CacheStats": "feature_cache",
+    "FeatureCache": "feature_cache",
+    "backbone_fingerprint": "feature_cache",
+    "TrainingResult": "run",
+    "run_training": "run",
+    "CachedSplit": "splits",
+    "ImageSplit": "splits",
+    "RetinaScanTrainer": "trainer",
+    "make_accelerator": "trainer",
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
+
+
+__all__ = sorted(_EXPORTS)

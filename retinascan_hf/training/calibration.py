@@ -6,12 +6,17 @@
   weighted grade `round(sum_k k * p_k)` (the continuous severity score), ties broken by the lower negative
   log-likelihood, which makes the choice a proper calibration wherever QWK is flat.
 - Prototype temperature: chosen for the lowest expected calibration error of the prototype softmax.
-- CORAL thresholds: coordinate search on the temperature-scaled logits, one task at a time over candidate
-  cut points (quantiles of that task's logits), keeping a change only if validation QWK strictly rises.
-  Starting from zero thresholds (the untuned decision), tuned thresholds can never score lower on validation.
+- CORAL thresholds: coordinate search for the best validation QWK over *effective cut-points*, the values of
+  the shared CORAL score at which the decision moves up one grade (see [`effective_cut_points`]). The cut-points
+  are kept strictly increasing, so every grade keeps a non-empty score region: an unconstrained search once
+  tuned the quickstart model to thresholds `[-1.106, -0.257, 1.705, 0.0]`, whose third cut-point lay above the
+  fourth, so no image could ever be graded 3 (and P(grade 3) was exactly 0). Optionally every grade must also
+  reach `min_grade_recall` on validation: the search first minimises the total shortfall, then maximises QWK.
+  Starting from zero thresholds (the untuned decision, made ordered if its own cut-points were not), tuning
+  never lowers that objective on validation.
 
-Every search grid contains the identity (temperature 1, threshold 0), so calibration never makes its own
-criterion worse on the data it is fitted on.
+Every temperature grid contains the identity (temperature 1), so calibration never makes its own criterion worse
+on the data it is fitted on. Calibration data must hold at least two grades (QWK is undefined otherwise).
 """
 
 from __future__ import annotations
@@ -23,12 +28,20 @@ import torch
 import torch.nn.functional as F
 
 from ..configuration_retinascan import RetinaScanConfig
+from ..metrics import expected_calibration_error, quadratic_weighted_kappa
 from ..modeling_retinascan import ordinal_grades, ordinal_probabilities
-from .metrics import expected_calibration_error, quadratic_weighted_kappa
 
 TEMPERATURE_GRID: np.ndarray = np.unique(np.append(np.geomspace(0.05, 20.0, 61), 1.0))
 THRESHOLD_CANDIDATES = 64
 MAX_SEARCH_ROUNDS = 10
+MIN_REGION_WIDTH = 1e-3  # narrowest grade region, as a share of the validation scores' range
+
+
+def _qwk(labels: np.ndarray, grades: np.ndarray, num_labels: int) -> float:
+    value = quadratic_weighted_kappa(labels, grades, num_labels)
+    if value is None:
+        raise ValueError("Calibration needs validation images of at least two grades (QWK is undefined otherwise).")
+    return value
 
 
 def expected_grades(probs: torch.Tensor) -> np.ndarray:
@@ -48,7 +61,7 @@ def fit_ordinal_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float
 
     def score(temperature: float) -> tuple[float, float]:
         probs = ordinal_probabilities(logits, temperature)
-        qwk = quadratic_weighted_kappa(labels.numpy(), expected_grades(probs), num_labels)
+        qwk = _qwk(labels.numpy(), expected_grades(probs), num_labels)
         return qwk, -_negative_log_likelihood(probs, labels)
 
     return float(max(TEMPERATURE_GRID, key=score))
@@ -60,32 +73,84 @@ def fit_prototype_temperature(logits: torch.Tensor, labels: torch.Tensor) -> flo
     return float(min(TEMPERATURE_GRID, key=lambda t: expected_calibration_error(F.softmax(logits / t, -1), labels)))
 
 
-def tune_coral_thresholds(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> list[float]:
-    """Thresholds on `logits / temperature` that maximise validation QWK of the ordinal decision."""
+def score_offsets(logits: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
+    """`offset_k = logit_0 / T - logit_k / T` (median over rows; `offset_0 = 0`).
+
+    CORAL logits share one weight vector and differ only by their biases, so these are constants, and task `k`
+    passes exactly when the shared score `s = logit_0 / T` exceeds `threshold_k + offset_k`.
+    """
+    scaled = logits.double().cpu().numpy() / temperature
+    return np.median(scaled[:, :1] - scaled, axis=0)
+
+
+def effective_cut_points(logits: torch.Tensor, temperature: float, thresholds: list[float]) -> np.ndarray:
+    """Values of the shared score `s = logit_0 / T` at which the ordinal decision moves from grade `k` to `k + 1`.
+
+    Grade `g` is reachable only if cut-point `g - 1` lies below cut-point `g`: the decision counts *leading*
+    passes, so an image must exceed cut-points `0..g-1` and stay at or below cut-point `g`.
+    """
+    return np.asarray(thresholds, dtype=np.float64) + score_offsets(logits, temperature)
+
+
+def unreachable_grades(logits: torch.Tensor, temperature: float, thresholds: list[float]) -> list[int]:
+    """Grades that no score can produce under these thresholds (their cut-points are out of order)."""
+    cuts = effective_cut_points(logits, temperature, thresholds)
+    return [grade for grade in range(1, len(cuts)) if cuts[grade] <= cuts[grade - 1]]
+
+
+def _ordered(cuts: np.ndarray, gap: float) -> np.ndarray:
+    """The smallest upward adjustment of `cuts` that leaves every grade a region at least `gap` wide."""
+    ordered = cuts.copy()
+    for task in range(1, len(ordered)):
+        ordered[task] = max(ordered[task], ordered[task - 1] + gap)
+    return ordered
+
+
+def recall_shortfall(labels: np.ndarray, grades: np.ndarray, num_labels: int, min_grade_recall: float) -> float:
+    """Total recall missing to `min_grade_recall`, over the grades present in `labels`."""
+    shortfall = 0.0
+    for grade in range(num_labels):
+        members = labels == grade
+        if members.any():
+            shortfall += max(0.0, min_grade_recall - float((grades[members] == grade).mean()))
+    return shortfall
+
+
+def tune_coral_thresholds(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, *, min_grade_recall: float = 0.0
+) -> list[float]:
+    """Thresholds on `logits / temperature` that maximise validation QWK of the ordinal decision, keeping every
+    grade reachable (strictly increasing effective cut-points) and, first, meeting `min_grade_recall` per grade
+    as far as possible."""
+    if not 0.0 <= min_grade_recall <= 1.0:
+        raise ValueError(f"min_grade_recall must lie in [0, 1], got {min_grade_recall}.")
     logits, labels = logits.float().cpu(), labels.long().cpu().numpy()
     num_labels = logits.shape[-1] + 1
-    scaled = logits / temperature
+    offsets = score_offsets(logits, temperature)
+    score = logits[:, 0].double().numpy() / temperature
+    gap = MIN_REGION_WIDTH * max(float(score.max() - score.min()), 1e-6)
 
-    def qwk(thresholds: np.ndarray) -> float:
-        grades = ordinal_grades(logits, temperature, torch.from_numpy(thresholds).float())
-        return quadratic_weighted_kappa(labels, grades.numpy(), num_labels)
+    def objective(cuts: np.ndarray) -> tuple[float, float]:
+        grades = ordinal_grades(logits, temperature, torch.from_numpy(cuts - offsets).float()).numpy()
+        return -recall_shortfall(labels, grades, num_labels, min_grade_recall), _qwk(labels, grades, num_labels)
 
-    quantiles = np.linspace(0.0, 1.0, THRESHOLD_CANDIDATES)
-    candidates = [np.unique(np.quantile(scaled[:, task].numpy(), quantiles)) for task in range(scaled.shape[1])]
-    thresholds = np.zeros(scaled.shape[1])
-    best = qwk(thresholds)
+    candidates = np.unique(np.quantile(score, np.linspace(0.0, 1.0, THRESHOLD_CANDIDATES)))
+    cuts = _ordered(offsets, gap)  # the untuned decision (zero thresholds)
+    best = objective(cuts)
     for _ in range(MAX_SEARCH_ROUNDS):
         improved = False
-        for task, cut_points in enumerate(candidates):
-            for cut in cut_points:
-                trial = thresholds.copy()
+        for task in range(len(cuts)):
+            low = cuts[task - 1] + gap if task > 0 else -np.inf
+            high = cuts[task + 1] - gap if task + 1 < len(cuts) else np.inf
+            for cut in candidates[(candidates >= low) & (candidates <= high)]:
+                trial = cuts.copy()
                 trial[task] = cut
-                value = qwk(trial)
-                if value > best + 1e-12:
-                    best, thresholds, improved = value, trial, True
+                value = objective(trial)
+                if value[0] > best[0] + 1e-12 or (value[0] >= best[0] - 1e-12 and value[1] > best[1] + 1e-12):
+                    best, cuts, improved = value, trial, True
         if not improved:
             break
-    return [float(value) for value in thresholds]
+    return [float(value) for value in cuts - offsets]
 
 
 @dataclass
@@ -103,6 +168,8 @@ class CalibrationResult:
     ordinal_nll_after: float
     prototype_ece_before: float
     prototype_ece_after: float
+    min_grade_recall: float
+    unreachable_grades: list[int]
 
     def apply(self, config: RetinaScanConfig) -> None:
         """Write the fitted values into the model config (what `save_pretrained` then stores)."""
@@ -121,24 +188,31 @@ def calibrate(
     *,
     fit_temperatures: bool = True,
     fit_thresholds: bool = True,
+    min_grade_recall: float = 0.0,
 ) -> CalibrationResult:
-    """Fit the temperatures (if `fit_temperatures`) and then the thresholds (if `fit_thresholds`) on
-    validation logits; switched-off parts keep the identity (1.0, zeros)."""
+    """Fit the temperatures (if `fit_temperatures`) and then the thresholds (if `fit_thresholds`, subject to
+    `min_grade_recall`) on validation logits; switched-off parts keep the identity (1.0, zeros)."""
     ordinal_logits, prototype_logits = ordinal_logits.float().cpu(), prototype_logits.float().cpu()
     labels = labels.long().cpu()
+    if len(labels.unique()) < 2:
+        raise ValueError("Calibration needs validation images of at least two grades: QWK means nothing with one.")
     num_labels = prototype_logits.shape[-1]
     ordinal_temperature = fit_ordinal_temperature(ordinal_logits, labels) if fit_temperatures else 1.0
     prototype_temperature = fit_prototype_temperature(prototype_logits, labels) if fit_temperatures else 1.0
     zeros = [0.0] * ordinal_logits.shape[-1]
-    thresholds = tune_coral_thresholds(ordinal_logits, labels, ordinal_temperature) if fit_thresholds else zeros
+    thresholds = (
+        tune_coral_thresholds(ordinal_logits, labels, ordinal_temperature, min_grade_recall=min_grade_recall)
+        if fit_thresholds
+        else zeros
+    )
 
     def ordinal_qwk(temperature: float, cut: list[float]) -> float:
         grades = ordinal_grades(ordinal_logits, temperature, torch.tensor(cut))
-        return quadratic_weighted_kappa(labels.numpy(), grades.numpy(), num_labels)
+        return _qwk(labels.numpy(), grades.numpy(), num_labels)
 
     def expected_qwk(temperature: float) -> float:
         probs = ordinal_probabilities(ordinal_logits, temperature)
-        return quadratic_weighted_kappa(labels.numpy(), expected_grades(probs), num_labels)
+        return _qwk(labels.numpy(), expected_grades(probs), num_labels)
 
     def nll(temperature: float) -> float:
         return _negative_log_likelihood(ordinal_probabilities(ordinal_logits, temperature), labels)
@@ -158,6 +232,8 @@ def calibrate(
         ordinal_nll_after=nll(ordinal_temperature),
         prototype_ece_before=ece(1.0),
         prototype_ece_after=ece(prototype_temperature),
+        min_grade_recall=min_grade_recall,
+        unreachable_grades=unreachable_grades(ordinal_logits, ordinal_temperature, thresholds),
     )
 
 
@@ -165,8 +241,12 @@ __all__ = [
     "TEMPERATURE_GRID",
     "CalibrationResult",
     "calibrate",
+    "effective_cut_points",
     "expected_grades",
     "fit_ordinal_temperature",
     "fit_prototype_temperature",
+    "recall_shortfall",
+    "score_offsets",
     "tune_coral_thresholds",
+    "unreachable_grades",
 ]

@@ -106,12 +106,20 @@ def collate_views(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.T
 
 
 def view_loader(dataset: FundusViews, batches: Sequence[Sequence[ViewRequest]], num_workers: int) -> DataLoader:
-    """A loader whose every batch is one list of `(row, views)` requests."""
+    """A loader whose every batch is one list of `(row, views)` requests.
+
+    It draws its worker seed from a generator of its own: by default a `DataLoader` takes it from the global
+    torch RNG at every iteration, so whether features came from the cache (no loader) or were computed (one
+    loader per group) would shift every later dropout mask, and two runs on the same data and seed would
+    train different models. Views are seeded explicitly (`FundusAugmentation.view`), so workers need no
+    randomness of their own.
+    """
     return DataLoader(
         dataset,
         batch_sampler=batches,
         collate_fn=collate_views,
         num_workers=num_workers,
+        generator=torch.Generator().manual_seed(0),
     )
 
 
@@ -132,6 +140,30 @@ class ComputedFeatures:
 
 
 @torch.no_grad()
+def fixed_shape_features(
+    model: RetinaScanModel, pixel_values: torch.Tensor, batch_size: int, accelerator: Accelerator
+) -> torch.Tensor:
+    """Backbone features `[B, D]` (float32, CPU) of `pixel_values`, in forwards of exactly `batch_size` images.
+
+    The last forward is padded with copies of its last image. Why: the matrix kernels a backend picks, and so
+    the rounding of each output row, depend on the batch shape (a lone image and the same image in a batch of
+    32 differ by ~1e-6), not on the other rows. With one shape, an image's features are the same bits whether
+    it was computed in this run, in an earlier run that filled the cache with other images, or after a resume,
+    so training on them is reproducible whatever the feature cache held.
+    """
+    parts = []
+    for start in range(0, len(pixel_values), batch_size):
+        chunk = pixel_values[start : start + batch_size]
+        real = len(chunk)
+        if real < batch_size:
+            chunk = torch.cat([chunk, chunk[-1:].expand(batch_size - real, *chunk.shape[1:])])
+        with accelerator.autocast():
+            features = model.forward_features(chunk.to(accelerator.device, model.dtype))
+        parts.append(features[:real].float().cpu())
+    return torch.cat(parts) if parts else torch.empty(0, model.config.embedding_dim)
+
+
+@torch.no_grad()
 def compute_features(
     model: RetinaScanModel,
     dataset: FundusViews,
@@ -144,7 +176,7 @@ def compute_features(
     description: str = "backbone features",
 ) -> ComputedFeatures:
     """Run the backbone over `requests`, each process taking every `num_processes`-th request; every process
-    receives all results.
+    receives all results. Forwards hold `batch_size` images each (see [`fixed_shape_features`]).
 
     `model` is the unwrapped model (inference needs no gradient synchronisation). Its train/eval mode is
     restored afterwards, so this can run between training epochs.
@@ -158,9 +190,8 @@ def compute_features(
         total=len(mine), desc=description, unit="img", disable=not (progress and accelerator.is_local_main_process)
     )
     for requested, batch in zip(batches, view_loader(dataset, batches, num_workers) if batches else (), strict=True):
-        with accelerator.autocast():
-            features = model.forward_features(batch["pixel_values"].to(accelerator.device, model.dtype))
-        parts.append(ComputedFeatures(batch["row"], batch["view"], features.float().cpu()))
+        features = fixed_shape_features(model, batch["pixel_values"], batch_size, accelerator)
+        parts.append(ComputedFeatures(batch["row"], batch["view"], features))
         bar.update(len(requested))
     bar.close()
     model.train(was_training)
@@ -170,4 +201,12 @@ def compute_features(
     return ComputedFeatures.concatenate(gather_object([local]), model.config.embedding_dim)
 
 
-__all__ = ["ComputedFeatures", "FundusViews", "ViewRequest", "collate_views", "compute_features", "view_loader"]
+__all__ = [
+    "ComputedFeatures",
+    "FundusViews",
+    "ViewRequest",
+    "collate_views",
+    "compute_features",
+    "fixed_shape_features",
+    "view_loader",
+]

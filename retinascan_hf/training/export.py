@@ -1,4 +1,5 @@
-"""After training: best weights, calibration, the feature bank, test evaluation, one complete model folder.
+"""After training: best weights, calibration, the feature bank, conformal grade sets, test evaluation, one
+complete model folder.
 
 The folder is what `RetinaScanModel.from_pretrained` and `pipeline("retinascan", model=DIR,
 trust_remote_code=True)` load: weights and config (with the fitted temperatures and thresholds), the
@@ -8,7 +9,6 @@ crash never leaves a half-written model where a previous good one was.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,12 @@ from transformers.utils import CONFIG_NAME
 from ..atomic_io import atomic_directory
 from ..feature_bank import FeatureBank
 from ..image_processing_retinascan import RetinaScanImageProcessor
+from ..metrics.plots import save_confusion_matrix
 from ..modeling_retinascan import RetinaScanModel
 from .calibration import CalibrationResult, calibrate
 from .checkpointing import load_best_weights
 from .config import TrainingConfig
+from .conformal import ConformalResult, fit_conformal
 from .evaluation import evaluate_modes, head_outputs
 from .splits import TrainingSplit
 
@@ -54,7 +56,19 @@ def calibrate_model(model: RetinaScanModel, validation: TrainingSplit, config: T
         validation.grades,
         fit_temperatures=config.calibrate,
         fit_thresholds=config.tune_thresholds,
+        min_grade_recall=config.min_grade_recall,
     )
+    result.apply(model.config)
+    return result
+
+
+def calibrate_grade_sets(
+    model: RetinaScanModel, validation: TrainingSplit, bank: FeatureBank, config: TrainingConfig
+) -> ConformalResult:
+    """Split-conformal calibration of every mode's grade sets on the validation split, written into
+    `model.config`. Runs after everything that shapes a decision (temperatures, thresholds, bank)."""
+    outputs = head_outputs(model, validation.view_features(model), config.eval_batch_size)
+    result = fit_conformal(outputs, validation.grades.cpu(), model.config, bank)
     result.apply(model.config)
     return result
 
@@ -73,7 +87,8 @@ def finalize(
     accelerator: Accelerator,
     report: dict[str, Any],
 ) -> dict[str, Any]:
-    """Load the best weights, calibrate, build the bank, evaluate validation and test in every decision mode,
+    """Load the best weights, calibrate, build the bank, calibrate the grade sets, evaluate validation and test in
+    every decision mode,
     and (main process only) write `model/` and the test confusion matrix.
 
     Every process computes the same numbers (they may all be needed for distributed feature forwards);
@@ -83,6 +98,8 @@ def finalize(
     used_best = load_best_weights(model, output_dir / "best")
     calibration = calibrate_model(model, splits["validation"], config)
     bank = build_feature_bank(model, splits["train"], config.eval_batch_size)
+    # Conformal grade sets: last of the calibrations, as it measures the final decisions.
+    conformal = calibrate_grade_sets(model, splits["validation"], bank, config)
     evaluation = {
         name: evaluate_modes(model, split.view_features(model), split.grades, bank, config.eval_batch_size)
         for name, split in splits.items()
@@ -93,6 +110,7 @@ def finalize(
         **report,
         "best_weights_used": used_best,
         "calibration": calibration.to_dict(),
+        "conformal": {"calibration_size": conformal.calibration_size, "coverage": model.config.conformal_coverage},
         "evaluation": evaluation,
         "model_dir": str(model_dir),
     }
@@ -114,37 +132,13 @@ def finalize(
     return metrics
 
 
-def save_confusion_matrix(matrix: np.ndarray, path: Path, title: str) -> str | None:
-    """A labelled confusion-matrix picture (matplotlib, Agg); `None` when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib import pyplot as plt
-    except ImportError:
-        return None
-    figure, axes = plt.subplots(figsize=(4.5, 4))
-    axes.imshow(matrix, cmap="Blues")
-    for (row, column), count in np.ndenumerate(matrix):
-        colour = "white" if count > matrix.max() / 2 else "black"
-        axes.text(column, row, str(count), ha="center", va="center", color=colour)
-    grades = range(matrix.shape[0])
-    axes.set(xticks=grades, yticks=grades, xlabel="predicted grade", ylabel="true grade", title=title)
-    figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    figure.savefig(temporary, dpi=100)
-    plt.close(figure)
-    os.replace(temporary, path)
-    return str(path)
-
-
 __all__ = [
     "CONFUSION_MATRIX_NAME",
     "METRICS_NAME",
     "MODEL_DIR_NAME",
     "build_feature_bank",
+    "calibrate_grade_sets",
     "calibrate_model",
     "finalize",
     "majority_baseline",
-    "save_confusion_matrix",
 ]

@@ -31,6 +31,7 @@ from .data import FundusViews, compute_features
 
 _FORMAT = "retinascan-feature-cache"
 _VERSION = "2"  # rows keyed by `<image_id>@<content digest>`
+_NOT_PROCESSING = ("auto_map", "processor_class")  # processor dict keys that do not change its output
 FLUSH_EVERY = 2048  # images between shard rewrites: a killed run loses at most this much backbone work
 
 
@@ -43,7 +44,10 @@ def backbone_fingerprint(model: RetinaScanModel, processor: RetinaScanImageProce
         for name, tensor in sorted(module.state_dict().items()):
             digest.update(f"{prefix}.{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
-    digest.update(json.dumps(processor.to_dict(), sort_keys=True, default=str).encode())
+    # `auto_map` (remote-code bookkeeping `save_pretrained` adds) does not change a pixel: a processor loaded from
+    # a model folder must find the features cached by the in-memory processor that trained it.
+    settings = {key: value for key, value in processor.to_dict().items() if key not in _NOT_PROCESSING}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:20]
 
 

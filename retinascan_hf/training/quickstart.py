@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transformers.utils import logging
+
+from ..progress import progress_bars
 from ..synthetic import save_synthetic_corpus
 from .config import TINY_BACKBONE, TrainingConfig
 from .evaluation import format_evaluation
@@ -25,6 +28,8 @@ from .run import run_training
 CORPUS_DIR_NAME = "corpus"
 IMAGE_SIZE = 64
 IMAGES_TO_GRADE = 5
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -48,6 +53,7 @@ def quickstart_config(output_dir: Path, seed: int, progress: bool) -> TrainingCo
         backbone=TINY_BACKBONE,
         tiny_image_size=IMAGE_SIZE,
         cache_dir=str(output_dir / "feature-cache"),
+        feature_batch_size=128,  # a 64 px tiny tower: per-forward overhead, not pixels, dominates at 32
         num_epochs=30,
         batches_per_epoch=10,
         warmup_epochs=1,
@@ -64,14 +70,19 @@ def quickstart(
     *,
     seed: int = 0,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> QuickstartResult:
     """Run the whole workflow into `output_dir` (`corpus/`, `model/`, `metrics.json`, `confusion_matrix.png`,
-    plus `checkpoints/`, `best/`, `logs/` and `feature-cache/`), reporting each stage through `log`."""
+    plus `checkpoints/`, `best/`, `logs/` and `feature-cache/`), reporting each stage through `log` (default:
+    this module's logger at INFO; `retinascan quickstart` passes `print`). `progress=False` hides every bar."""
+    with progress_bars(progress):
+        return _quickstart(Path(output_dir).absolute(), seed, progress, log or logger.info)
+
+
+def _quickstart(output_dir: Path, seed: int, progress: bool, log: Callable[[str], None]) -> QuickstartResult:
     from transformers import pipeline
 
     started = time.perf_counter()
-    output_dir = Path(output_dir).absolute()
     corpus_dir = output_dir / CORPUS_DIR_NAME
     corpus = save_synthetic_corpus(corpus_dir, size=IMAGE_SIZE, seed=seed)
     sizes = ", ".join(f"{name} {len(split)}" for name, split in corpus.items())

@@ -1,6 +1,7 @@
 """`run_training(config)`: corpus folder in, finished model folder and `metrics.json` summary out.
 
-The whole job, in order: the backbone and its processor; the corpus; the splits (cached backbone features
+The whole job, in order: the corpus (checked first: a bad folder fails in a second, not after the backbone
+download); the backbone and its processor; the splits (cached backbone features
 when the backbone is frozen, images otherwise); the training loop; then `finalize` (best weights,
 calibration, feature bank, evaluation, model folder). `scripts/train.py` and `retinascan train` only parse
 arguments and call this.
@@ -16,12 +17,15 @@ from typing import Any
 import datasets
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 
-from ..atomic_io import write_json_atomically
+from ..atomic_io import recover_directory, write_json_atomically
+from ..configuration_retinascan import ICDR_LABELS
 from ..corpus import SPLITS
 from ..image_processing_retinascan import RetinaScanImageProcessor
 from ..modeling_retinascan import RetinaScanModel
+from ..progress import progress_bars
 from ..tiny_clip import random_retinascan, trainable_tiny_clip_config
 from .augment import FundusAugmentation
 from .config import TINY_BACKBONE, TrainingConfig
@@ -32,6 +36,8 @@ from .splits import CachedSplit, ImageSplit, TrainingSplit
 from .trainer import RetinaScanTrainer, make_accelerator
 
 REQUIRED_COLUMNS = ("image", "grade", "source", "image_id")
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -57,6 +63,11 @@ def load_corpus(path: str | None) -> datasets.DatasetDict:
     """The corpus `DatasetDict`, checked for the splits and columns training reads."""
     if not path:
         raise ValueError("No corpus given: pass --data DIR (a DatasetDict saved by `retinascan data build`).")
+    recover_directory(path)  # a build killed while replacing this folder left it aside
+    if not Path(path).is_dir():
+        raise FileNotFoundError(
+            f"Corpus folder {path} does not exist: pass --data DIR, a folder `retinascan data build` wrote."
+        )
     corpus = datasets.load_from_disk(str(path))
     if not isinstance(corpus, datasets.DatasetDict):
         raise ValueError(f"{path} holds a single Dataset; training needs a DatasetDict with splits {SPLITS}.")
@@ -67,6 +78,13 @@ def load_corpus(path: str | None) -> datasets.DatasetDict:
         lacking = [column for column in REQUIRED_COLUMNS if column not in split.column_names]
         if lacking:
             raise ValueError(f"Split {name!r} of {path} lacks column(s) {lacking}.")
+    present = set(corpus["train"]["grade"])
+    absent = [f"{grade} ({label})" for grade, label in enumerate(ICDR_LABELS) if grade not in present]
+    if absent:
+        raise ValueError(
+            f"The train split of {path} has no image of grade {', '.join(absent)}: every balanced batch needs each "
+            "grade. Add images of that grade to the corpus (or rebuild it with other sources or split ratios)."
+        )
     return corpus
 
 
@@ -127,15 +145,28 @@ def prepare_splits(
 
 
 def run_training(config: TrainingConfig, accelerator: Accelerator | None = None) -> TrainingResult:
-    """Train, calibrate, build the bank, evaluate and save; see the module docstring."""
-    accelerator = accelerator or make_accelerator(config)
+    """Train, calibrate, build the bank, evaluate and save; see the module docstring. With `config.progress`
+    false no progress bar of any library shows."""
+    with progress_bars(config.progress):
+        return _run_training(config, accelerator or make_accelerator(config))
+
+
+def _run_training(config: TrainingConfig, accelerator: Accelerator) -> TrainingResult:
     set_seed(config.seed)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    model, processor = load_backbone(config)
     corpus = load_corpus(config.data)
+    model, processor = load_backbone(config)
     splits, report = prepare_splits(model, processor, corpus, config, accelerator)
     timings["features_seconds"] = time.perf_counter() - started
+    if report["feature_cache"] is not None:
+        total = report["feature_cache"]["total"]
+        logger.info(
+            "Backbone features: %d computed, %d reused from %s.",
+            total["computed"],
+            total["reused"],
+            report["feature_cache"]["directory"],
+        )
 
     train_split = splits["train"]
     if isinstance(train_split, CachedSplit):
@@ -157,6 +188,7 @@ def run_training(config: TrainingConfig, accelerator: Accelerator | None = None)
             "best_val_qwk": progress.best_qwk,
             "num_processes": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision,
+            "weight_checksums": trainer.weight_checksums(),
             "history": trainer.history,
         },
         "config": config.to_dict(),
@@ -166,6 +198,7 @@ def run_training(config: TrainingConfig, accelerator: Accelerator | None = None)
     metrics["timings"] = timings
     if accelerator.is_main_process:
         write_json_atomically(Path(config.output_dir) / METRICS_NAME, metrics)
+    logger.info("Model folder %s written; metrics in %s.", metrics["model_dir"], Path(config.output_dir) / METRICS_NAME)
     accelerator.end_training()
     return TrainingResult(Path(metrics["model_dir"]), metrics, trainer)
 

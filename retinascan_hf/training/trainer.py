@@ -4,37 +4,53 @@ Accelerate owns the device, mixed precision, DDP, gradient accumulation and chec
 decides what a batch is (cached features or pixels: see `splits`), when to evaluate and what to keep. Every
 process draws its own share of the balanced batches (the sampler shards itself by rank), DDP averages the
 gradients, and only the main process writes files.
+
+Launching N processes must give one run of N processes, never N independent runs racing on one output
+folder: `make_accelerator` picks the CPU (gloo) backend when there is no GPU, and refuses to start when the
+launcher asked for more processes than Accelerate sees (see `check_process_count`).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
+from ..metrics import quadratic_weighted_kappa
 from ..modeling_retinascan import RetinaScanModel
 from .checkpointing import (
     TrainingProgress,
     list_checkpoints,
-    register_trainable_checkpointing,
+    load_checkpoint,
+    load_history,
     save_best_weights,
     save_checkpoint,
 )
 from .config import TrainingConfig
 from .evaluation import head_outputs
-from .metrics import quadratic_weighted_kappa
 from .optim import build_optimizer, build_scheduler, freeze_unused_towers
 from .sampler import BalancedGradeSampler
 from .splits import CachedSplit, TrainingSplit, epoch_plan
 from .tracking import CSVTracker
 
 RUN_NAME = "retinascan"
+WORKING_LAUNCH = (
+    "launch with `torchrun --nproc_per_node N scripts/train.py ...` or `accelerate launch --multi_gpu "
+    "--num_processes N scripts/train.py ...` (both run gloo on CPUs; README: Training on several processes)"
+)
+
+logger = get_logger(__name__)
 
 
 def resolve_mixed_precision(config: TrainingConfig) -> str:
@@ -46,17 +62,71 @@ def resolve_mixed_precision(config: TrainingConfig) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
+def use_cpu(config: TrainingConfig) -> bool:
+    """`--cpu`, or no accelerator device at all. Accelerate only picks its multi-CPU (gloo) backend when told
+    `cpu=True`; without it, N processes started by `torchrun` on a CPU machine each train alone."""
+    device_api = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ...
+    has_device = device_api.is_available() if device_api is not None else torch.cuda.is_available()
+    return config.cpu or not has_device
+
+
 def make_accelerator(config: TrainingConfig) -> Accelerator:
-    """The run's Accelerator: precision, accumulation and trackers (logs under `output_dir/logs`)."""
+    """The run's Accelerator: device, precision, accumulation and trackers (logs under `output_dir/logs`), after
+    checking that it sees every process the launcher started."""
+    check_launcher_request()
     logs = Path(config.output_dir) / "logs"
     trackers = [CSVTracker(RUN_NAME, logs) if name == "csv" else name for name in config.log_with]
-    return Accelerator(
-        cpu=config.cpu,
+    accelerator = Accelerator(
+        cpu=use_cpu(config),
         mixed_precision=resolve_mixed_precision(config),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=trackers or None,
         project_dir=str(logs),
     )
+    check_process_count(accelerator.num_processes)
+    return accelerator
+
+
+def check_process_count(num_processes: int) -> None:
+    """Refuse a launch whose `WORLD_SIZE` (set by torchrun and `accelerate launch --multi_gpu`) differs from the
+    processes Accelerate sees: each process would train alone and all would race on the output folder."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and world_size != num_processes:  # MPI launches set no WORLD_SIZE: nothing to compare
+        raise RuntimeError(
+            f"The launcher started {world_size} processes (WORLD_SIZE={world_size}) but Accelerate sees "
+            f"{num_processes}: a device backend for {world_size} processes is missing. On CPUs pass --cpu; or "
+            f"{WORKING_LAUNCH}."
+        )
+
+
+def check_launcher_request(launcher_arguments: Sequence[str] | None = None) -> None:
+    """Refuse `accelerate launch --cpu --num_processes N` (N > 1) without MPI: Accelerate then starts ONE
+    process, sets no WORLD_SIZE, and would exit 0 after a silently single-process run. The only trace of the
+    request is the launcher's command line (`launcher_arguments`: by default the parent process's)."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() != "true" or "WORLD_SIZE" in os.environ:
+        return
+    if launcher_arguments is None:
+        try:
+            parent = psutil.Process().parent()
+            launcher_arguments = parent.cmdline() if parent is not None else []
+        except psutil.Error:  # the parent is gone or hidden: nothing to check
+            return
+    requested = _num_processes_argument(launcher_arguments)
+    if requested > 1:
+        raise RuntimeError(
+            f"`accelerate launch --cpu --num_processes {requested}` started one process (without MPI it cannot "
+            f"start more); {WORKING_LAUNCH}."
+        )
+
+
+def _num_processes_argument(arguments: Sequence[str]) -> int:
+    """The value of `--num_processes` / `--num-processes` in a command line (`N` or `=N`), else 1."""
+    for index, argument in enumerate(arguments):
+        match = re.fullmatch(r"--num[_-]processes(?:=(\d+))?", argument)
+        if match:
+            value = match.group(1) or (arguments[index + 1] if index + 1 < len(arguments) else "1")
+            return int(value) if value.isdigit() else 1
+    return 1
 
 
 def batches_per_epoch(config: TrainingConfig, train_size: int, num_processes: int, num_labels: int) -> int:
@@ -83,7 +153,7 @@ class RetinaScanTrainer:
         model, optimizer, scheduler: as prepared by Accelerate.
         sampler: this process's balanced batch sampler.
         progress: loop position and best validation QWK (checkpointed).
-        history: one dict of metrics per epoch trained by this instance.
+        history: one dict of metrics per completed epoch, including those before a resume (checkpointed).
     """
 
     def __init__(
@@ -121,7 +191,6 @@ class RetinaScanTrainer:
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
         self.progress = TrainingProgress()
         accelerator.register_for_checkpointing(self.sampler, self.progress)
-        register_trainable_checkpointing(accelerator)
         self.history: list[dict[str, float]] = []
         accelerator.init_trackers(RUN_NAME, config=_loggable(config.to_dict()))
 
@@ -133,12 +202,16 @@ class RetinaScanTrainer:
         """Load the newest complete checkpoint, if any; return its folder."""
         checkpoints = list_checkpoints(self.checkpoint_dir)
         if not checkpoints:
-            self.accelerator.print(f"No checkpoint under {self.checkpoint_dir}: starting from scratch.")
+            logger.info("No checkpoint under %s: starting from scratch.", self.checkpoint_dir)
             return None
-        self.accelerator.load_state(str(checkpoints[-1]))
-        self.accelerator.print(
-            f"Resumed from {checkpoints[-1]}: epoch {self.progress.epoch}, batch {self.progress.batch_in_epoch}, "
-            f"step {self.progress.global_step}."
+        load_checkpoint(self.accelerator, checkpoints[-1])
+        self.history = load_history(checkpoints[-1])
+        logger.info(
+            "Resumed from %s: epoch %d, batch %d, step %d.",
+            checkpoints[-1],
+            self.progress.epoch,
+            self.progress.batch_in_epoch,
+            self.progress.global_step,
         )
         return checkpoints[-1]
 
@@ -169,9 +242,23 @@ class RetinaScanTrainer:
             self.history.append(metrics)
             self.accelerator.log(metrics, step=progress.global_step)
             bar.set_postfix(loss=f"{losses:.3f}", val_qwk=f"{metrics['val/qwk']:.3f}")
-            save_checkpoint(self.accelerator, self.checkpoint_dir, progress.global_step, config.save_total_limit)
+            self._save_checkpoint()
         bar.close()
         return progress
+
+    def _save_checkpoint(self) -> None:
+        step, keep = self.progress.global_step, self.config.save_total_limit
+        save_checkpoint(self.accelerator, self.checkpoint_dir, step, keep, history=self.history)
+
+    def weight_checksums(self) -> list[float]:
+        """One checksum of the trainable weights per process. DDP keeps the processes' weights identical; if
+        they ever differ, the exported model (main process) would not be the one the others evaluated, so that
+        is an error, not a number to report."""
+        local = torch.stack([parameter.detach().double().sum() for parameter in self.trainable_parameters]).sum()
+        checksums = self.accelerator.gather(local.reshape(1)).tolist()
+        if len(set(checksums)) > 1:
+            raise RuntimeError(f"The processes' trainable weights differ after training (checksums {checksums}).")
+        return checksums
 
     def _claim_output_dir(self) -> None:
         """A fresh run must not mix with an earlier run's checkpoints or best weights: refuse, or with
@@ -188,7 +275,8 @@ class RetinaScanTrainer:
         self.accelerator.wait_for_everyone()
 
     def _train_epoch(self, bar: tqdm) -> float:
-        """One epoch (or its remainder after a mid-epoch resume); returns the mean loss over all processes."""
+        """One epoch (or its remainder after a mid-epoch resume); returns the mean loss of all its batches on all
+        processes, those before a mid-epoch checkpoint included."""
         config, progress, accelerator = self.config, self.progress, self.accelerator
         plan = epoch_plan(
             self.sampler,
@@ -216,9 +304,21 @@ class RetinaScanTrainer:
                 )
             every = config.checkpoint_every_steps
             if every and progress.global_step % every == 0 and progress.batch_in_epoch < len(self.sampler):
-                save_checkpoint(accelerator, self.checkpoint_dir, progress.global_step, config.save_total_limit)
-        mean = accelerator.reduce(total / max(count, 1), reduction="mean")
-        return float(mean)
+                self._fold_epoch_loss(total, count)
+                total, count = torch.zeros_like(total), 0
+                self._save_checkpoint()
+        self._fold_epoch_loss(total, count)
+        mean = progress.epoch_loss_sum / max(progress.epoch_loss_batches, 1)
+        progress.epoch_loss_sum, progress.epoch_loss_batches = 0.0, 0
+        return mean
+
+    def _fold_epoch_loss(self, total: torch.Tensor, count: int) -> None:
+        """Add the loss summed since the last fold, over all processes, to `progress`, which checkpoints carry:
+        an epoch resumed mid-way still reports the mean over all its batches."""
+        local = torch.stack([total.float(), torch.tensor(float(count), device=total.device)])
+        summed = self.accelerator.reduce(local, reduction="sum")
+        self.progress.epoch_loss_sum += float(summed[0])
+        self.progress.epoch_loss_batches += int(summed[1])
 
     def _step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         accelerator = self.accelerator
@@ -242,10 +342,10 @@ class RetinaScanTrainer:
         num_labels = model.config.num_labels
         return {
             "val/loss": outputs.loss,
-            "val/qwk": quadratic_weighted_kappa(grades.numpy(), predicted, num_labels),
+            "val/qwk": _kappa(quadratic_weighted_kappa(grades.numpy(), predicted, num_labels)),
             "val/accuracy": float((predicted == grades.numpy()).mean()),
-            "val/prototype_qwk": quadratic_weighted_kappa(
-                grades.numpy(), outputs.prototype_logits.argmax(-1).numpy(), num_labels
+            "val/prototype_qwk": _kappa(
+                quadratic_weighted_kappa(grades.numpy(), outputs.prototype_logits.argmax(-1).numpy(), num_labels)
             ),
         }
 
@@ -259,6 +359,12 @@ class RetinaScanTrainer:
             metadata = {"epoch": str(self.progress.best_epoch), "val_qwk": f"{qwk:.6f}"}
             save_best_weights(self.unwrapped_model, self.best_dir, metadata)
         self.accelerator.wait_for_everyone()
+
+
+def _kappa(value: float | None) -> float:
+    """Kappa for logs and model selection: NaN where undefined (a one-grade validation split), which
+    `_keep_if_best` never takes as an improvement."""
+    return math.nan if value is None else value
 
 
 def _loggable(values: dict[str, Any]) -> dict[str, Any]:

@@ -6,13 +6,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..schema import Record
-from .common import make_record, read_csv_rows
+from .common import Row, make_record, read_csv_rows, records_from_rows
 
 SOURCE = "aptos"
 
 
 def read_aptos(root: Path) -> Iterator[Record]:
     """Records of the labelled APTOS training set; APTOS records neither patient nor eye."""
-    for row in read_csv_rows(root / "train.csv", ("id_code", "diagnosis")):
+
+    def record(row: Row) -> Record:
         name = row["id_code"]
-        yield make_record(root / "train_images" / f"{name}.png", row["diagnosis"], source=SOURCE, name=name)
+        return make_record(root / "train_images" / f"{name}.png", row["diagnosis"], source=SOURCE, name=name)
+
+    yield from records_from_rows(read_csv_rows(root / "train.csv", ("id_code", "diagnosis")), SOURCE, record)

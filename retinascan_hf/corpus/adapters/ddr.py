@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..schema import Record
-from .common import make_record, read_listing
+from .common import Row, make_record, read_listing, records_from_rows
 
 SOURCE = "ddr"
 _SUBSETS = ("train", "valid", "test")
@@ -17,12 +17,15 @@ def read_ddr(root: Path) -> Iterator[Record]:
     """Records of all three subsets; DDR's label 5 marks an image its graders could not grade."""
     grading = root / "DR_grading"
     for subset in _SUBSETS:
-        for file_name, label in read_listing(grading / f"{subset}.txt"):
-            yield make_record(
-                grading / subset / file_name,
-                label,
+
+        def record(row: Row, subset: str = subset) -> Record:
+            return make_record(
+                grading / subset / row["file"],
+                row["label"],
                 source=SOURCE,
-                name=f"{subset}/{Path(file_name).stem}",
+                name=f"{subset}/{Path(row['file']).stem}",
                 subset=subset,
-                ungradable=label == _UNGRADABLE,
+                ungradable=row["label"] == _UNGRADABLE,
             )
+
+        yield from records_from_rows(read_listing(grading / f"{subset}.txt"), SOURCE, record)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path, PureWindowsPath
 
 from ..schema import Record
-from .common import make_record, read_csv_rows
+from .common import Row, make_record, read_csv_rows, records_from_rows
 
 SOURCE = "deepdrid"
 _COLUMNS = ("patient_id", "image_id", "image_path", "left_eye_DR_Level", "right_eye_DR_Level")
@@ -33,10 +33,11 @@ def read_deepdrid(root: Path) -> Iterator[Record]:
     """
     base = root / "regular_fundus_images"
     for subset, folder in _SUBSETS:
-        for row in read_csv_rows(base / folder / f"{folder}.csv", _COLUMNS):
+
+        def record(row: Row, subset: str = subset, folder: str = folder) -> Record:
             match = _EYE_SUFFIX.search(row["image_id"])
             eye = _EYES[match["side"]] if match else None
-            yield make_record(
+            return make_record(
                 image_file(base / folder, row["image_path"]),
                 row[f"{eye}_eye_DR_Level"] if eye else "",
                 source=SOURCE,
@@ -45,3 +46,5 @@ def read_deepdrid(root: Path) -> Iterator[Record]:
                 eye=eye,
                 subset=subset,
             )
+
+        yield from records_from_rows(read_csv_rows(base / folder / f"{folder}.csv", _COLUMNS), SOURCE, record)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..schema import Record
-from .common import make_record, read_csv_rows
+from .common import Row, make_record, read_csv_rows, records_from_rows
 
 SOURCE = "eyepacs"
 _PATIENT_EYE = re.compile(r"^(?P<patient>.+)_(?P<eye>left|right)$")
@@ -24,14 +24,12 @@ def split_patient_eye(name: str) -> tuple[str | None, str | None]:
 
 def read_eyepacs(root: Path) -> Iterator[Record]:
     """Records of the Kaggle training set found under ``root``."""
-    for row in read_csv_rows(root / "trainLabels.csv", ("image", "level")):
+
+    def record(row: Row) -> Record:
         name = row["image"]
         patient, eye = split_patient_eye(name)
-        yield make_record(
-            root / "train" / f"{name}.jpeg",
-            row["level"],
-            source=SOURCE,
-            name=name,
-            patient=patient,
-            eye=eye,
+        return make_record(
+            root / "train" / f"{name}.jpeg", row["level"], source=SOURCE, name=name, patient=patient, eye=eye
         )
+
+    yield from records_from_rows(read_csv_rows(root / "trainLabels.csv", ("image", "level")), SOURCE, record)

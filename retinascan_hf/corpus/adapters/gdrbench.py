@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from ..schema import GDRBENCH_SUBSETS, Record
-from .common import make_record, read_listing
+from .common import Row, make_record, read_listing, records_from_rows
 from .eyepacs import split_patient_eye
 
 SOURCE = "gdrbench"
@@ -35,8 +35,11 @@ def _listed(images: Path, splits: Path) -> Iterator[Record]:
     for subset in GDRBENCH_SUBSETS:
         for listing in sorted(splits.glob(f"*_{subset}.txt")):
             domain = listing.name.removesuffix(f"_{subset}.txt")
-            for relative, label in read_listing(listing):
-                yield _record(images / relative, label, domain, subset)
+
+            def record(row: Row, domain: str = domain, subset: str = subset) -> Record:
+                return _record(images / row["file"], row["label"], domain, subset)
+
+            yield from records_from_rows(read_listing(listing), f"{SOURCE}/{domain.lower()}", record)
 
 
 def _walked(images: Path) -> Iterator[Record]:
@@ -44,9 +47,14 @@ def _walked(images: Path) -> Iterator[Record]:
         for grade, folder in enumerate(GRADE_FOLDERS):
             grade_dir = domain_dir / folder
             if grade_dir.is_dir():
-                for file in sorted(grade_dir.iterdir()):
-                    if file.is_file() and not file.name.startswith("."):
-                        yield _record(file, str(grade), domain_dir.name, None)
+                # Not only regular files: a FIFO or device among the images is excluded and counted, not skipped.
+                entries = sorted(grade_dir.iterdir())
+                files = [Row(file, None) for file in entries if not file.name.startswith(".") and not file.is_dir()]
+
+                def record(row: Row, grade: int = grade, domain: str = domain_dir.name) -> Record:
+                    return _record(row.file, str(grade), domain, None)
+
+                yield from records_from_rows(files, f"{SOURCE}/{domain_dir.name.lower()}", record)
 
 
 def _record(path: Path, label: str, domain: str, subset: str | None) -> Record:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePath
 
 from ..schema import Record
-from .common import make_record, read_csv_rows
+from .common import Row, make_record, read_csv_rows, records_from_rows
 
 SOURCE = "csv"
 
@@ -19,10 +19,11 @@ def read_generic_csv(csv_path: Path) -> Iterator[Record]:
     ``patient_id`` to the image id. Patient ids are namespaced by the CSV, not by the row's source: a
     patient photographed by two cameras (two sources) is still one patient, kept on one side of a split.
     """
-    for row in read_csv_rows(csv_path, ("image_path", "grade")):
+
+    def record(row: Row) -> Record:
         image_path = PurePath(row["image_path"])
-        name = image_path.relative_to(image_path.anchor).with_suffix("").as_posix()
-        yield make_record(
+        name = image_path.relative_to(image_path.anchor).with_suffix("").as_posix()  # ValueError when empty
+        return make_record(
             csv_path.parent / image_path,
             row["grade"],
             source=row.get("source") or SOURCE,
@@ -30,3 +31,5 @@ def read_generic_csv(csv_path: Path) -> Iterator[Record]:
             patient=row.get("patient_id") or None,
             patient_namespace=SOURCE,
         )
+
+    yield from records_from_rows(read_csv_rows(csv_path, ("image_path", "grade")), SOURCE, record)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..schema import Record
-from .common import make_record, read_csv_rows
+from .common import Row, make_record, read_csv_rows, records_from_rows
 
 SOURCE = "messidor2"
 _COLUMNS = ("image_id", "adjudicated_dr_grade", "adjudicated_gradable")
@@ -20,15 +20,18 @@ def read_messidor2(root: Path) -> Iterator[Record]:
     archive has that folder (the common distribution), else beside the CSV.
     """
     images = root / _IMAGE_FOLDER if (root / _IMAGE_FOLDER).is_dir() else root
-    for row in read_csv_rows(root / "messidor_data.csv", _COLUMNS):
+
+    def record(row: Row) -> Record:
         file_name = row["image_id"]
-        yield make_record(
+        return make_record(
             images / file_name,
             row["adjudicated_dr_grade"],
             source=SOURCE,
             name=Path(file_name).stem,
             ungradable=_is_zero(row["adjudicated_gradable"]),
         )
+
+    yield from records_from_rows(read_csv_rows(root / "messidor_data.csv", _COLUMNS), SOURCE, record)
 
 
 def _is_zero(flag: str) -> bool:
