@@ -206,7 +206,7 @@ def test_export_refuses_bad_requests_before_writing(exported_dir, tmp_path, caps
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not written by this tool"):
+    with pytest.raises(FileExistsError, match="Refusing to replace"):
         export_onnx(exported_dir, foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
     with pytest.raises(ValueError, match="calibration"):
@@ -267,3 +267,9 @@ def test_num_workers_preprocess_in_threads_in_order_with_bad_items(model_dir, fu
     assert grader(inputs, batch_size=4, num_workers=2) == expected
     assert seen and all(name.startswith("retinascan-preprocess") for name in seen)
     assert grader(inputs, batch_size=1, num_workers=3) == grader(inputs, batch_size=1)  # batch 1: other rounding
+
+
+def test_grad_cam_is_refused_on_the_onnx_backend(exported_dir, fundus_images):
+    grader = load_pipeline(exported_dir, backend="onnx", onnx_variant="fp32")
+    with pytest.raises(ValueError, match="backend='torch'"):
+        grader(fundus_images[0], return_heatmap=True)
