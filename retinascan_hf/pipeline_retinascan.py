@@ -309,7 +309,10 @@ class RetinaScanPipeline(Pipeline):
         grade_set_bounds = torch.full((batch, 2), -1, dtype=torch.long)  # -1: no grade set
         extra = {}
         if valid.any():
-            inputs = pixel_values[valid.to(pixel_values.device)].to(self.model.dtype)
+            # A boolean-mask copy of the pixels costs ~4 ms per 224-px image with 2 torch threads (aten::index,
+            # profiled): skip it when every item is valid, the usual case.
+            selected = pixel_values if bool(valid.all()) else pixel_values[valid.to(pixel_values.device)]
+            inputs = selected.to(self.model.dtype)
             if return_heatmap:
                 decision, extra = self._explain(inputs, valid, mode, k, coverage, heatmap_grade)
             else:
