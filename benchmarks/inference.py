@@ -8,7 +8,9 @@ from the same run on the same machine:
 - bare forwards at batch 1 (all threads): torch fp32, bf16 (only where the CPU has bf16 instructions), torch
   dynamic int8, ONNX Runtime fp32 and int8;
 - the int8 pipeline end to end on a 256-px JPEG (path -> grade, knn mode) against the bare int8 forward;
-- decode + fundus crop + resize of a 12-MP camera original against a bare Pillow draft-mode decode;
+- decode + fundus crop + resize of a 12-MP camera original against a bare Pillow draft-mode decode at the
+  processor's reduction scale (the processor decodes JPEG files in draft mode; every other input form is reduced
+  by the same factor with a box filter), and the same with the pipeline's gradability check;
 - batch throughput (8 and 32 images, decoding in parallel with inference) against the bare int8 forward;
 - the kNN vote over banks of 16,231 and 1,000,000 rows (the bank's own API), with the large bank's memory;
 - peak RSS of a fresh process that loads the model and grades one image, int8 ONNX and torch fp32.
@@ -29,7 +31,7 @@ from PIL import Image
 from benchmarks.memory import peak_rss_of_grading
 from benchmarks.results import Row, Target
 from benchmarks.timing import current_rss_mib, time_call
-from retinascan_hf.feature_bank import FeatureBank
+from retinascan_hf.feature_bank import FeatureBank, OODReference
 from retinascan_hf.image_processing_retinascan import RetinaScanImageProcessor
 from retinascan_hf.loading import load_pipeline
 from retinascan_hf.modeling_retinascan import RetinaScanModel
@@ -81,7 +83,8 @@ def backbone_gflop(model: torch.nn.Module, pixel_values: torch.Tensor) -> float:
 
 
 def build_model_folder(directory: Path, quick: bool, bank_size: int) -> Path:
-    """A random-weight model folder (ViT-B/16, or tiny with `quick`) with a random bank of `bank_size` rows and
+    """A random-weight model folder (ViT-B/16, or tiny with `quick`) with a random bank of `bank_size` rows (and,
+    as training writes it, the out-of-distribution reference every result's `ood_score` is measured against) and
     its fp32 and int8 ONNX exports."""
     clip_config = tiny_clip_config() if quick else vit_b16_clip_config()
     model, processor = random_retinascan(clip_config=clip_config, seed=0)
@@ -92,6 +95,7 @@ def build_model_folder(directory: Path, quick: bool, bank_size: int) -> Path:
         torch.randn(bank_size, model.config.embedding_dim, generator=generator),
         torch.randint(0, model.config.num_labels, (bank_size,), generator=generator),
         config_hash=model.config.embedding_hash(),
+        ood_reference=OODReference.sample(torch.randn(bank_size, clip_config.projection_dim, generator=generator)),
     ).save_pretrained(directory)
     export_onnx(directory, int8=True)
     return directory
@@ -136,19 +140,24 @@ def _pipeline_rows(model_dir: Path, settings: InferenceSettings, jpeg: Path, bar
 
 
 def _camera_rows(model_dir: Path, settings: InferenceSettings, photos: list[Path]) -> list[Row]:
-    """Pillow's draft-mode decode alone vs the processor's decode + fundus crop + resize, same files."""
+    """Pillow's draft-mode decode alone (at the scale the processor decodes to) vs the processor's decode + fundus
+    crop + resize, and with the gradability check the pipeline adds (`prepare`), same files."""
     processor = RetinaScanImageProcessor.from_pretrained(model_dir)
-    draft = processor.output_size * processor.DRAFT_OVERSAMPLING
+    target = processor.reduce_to
 
     def bare_decode() -> None:
         for photo in photos:
             with Image.open(photo) as image:
-                image.draft("RGB", (draft, draft))
+                image.draft("RGB", (target, target))
                 image.load()
 
     def processed() -> None:
         for photo in photos:
             processor.to_model_image(photo)
+
+    def prepared() -> None:
+        for photo in photos:
+            processor.prepare(photo)
 
     repeats, warmup = settings.repeats, settings.warmup
     with Image.open(photos[0]) as image:
@@ -159,7 +168,10 @@ def _camera_rows(model_dir: Path, settings: InferenceSettings, photos: list[Path
     crop_ms = time_call(processed, repeats, warmup) * per_photo
     crop = Row("decode_crop_resize", "decode + fundus crop + resize (processor), same JPEG", crop_ms, "ms")
     crop.relate(bare, target=Target("<=", 1.25), note="/ bare Pillow draft decode")
-    return [bare, crop]
+    check_ms = time_call(prepared, repeats, warmup) * per_photo
+    check = Row("decode_crop_resize_quality", "the same + gradability check (pipeline preprocessing)", check_ms, "ms")
+    check.relate(bare, note="/ bare Pillow draft decode")
+    return [bare, crop, check]
 
 
 def _throughput_rows(

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from benchmarks.machine import machine_info
 from retinascan_hf.feature_bank import FeatureBank
 from retinascan_hf.image_processing_retinascan import RetinaScanImageProcessor
-from retinascan_hf.modeling_retinascan import DECISION_MODES, RetinaScanOutput, decide
+from retinascan_hf.modeling_retinascan import DECISION_MODES, RetinaScanModel, RetinaScanOutput, decide
 from retinascan_hf.onnx_backend import EXPORT_CONFIG_NAME, ONNX_SUBFOLDER, RetinaScanOnnxModel
 from retinascan_hf.onnx_export import export_onnx
 from retinascan_hf.tiny_clip import random_retinascan, vit_b16_clip_config
@@ -65,22 +65,27 @@ def split_by_patient(rows: list[tuple[str, int]], seed: int) -> tuple[list, list
     return bank, graded
 
 
-def prepare_model(model_dir: Path, bank_rows: list, calibration_size: int, static: bool) -> None:
-    """Random ViT-B/16 folder with standardisation fitted on bank images, exported fp32 + int8 (+ static int8)."""
-    if (model_dir / ONNX_SUBFOLDER / EXPORT_CONFIG_NAME).is_file():
-        return
-    model, processor = random_retinascan(clip_config=vit_b16_clip_config(), seed=0)
+def fit_feature_statistics(model: RetinaScanModel, processor: RetinaScanImageProcessor, paths: list[str]) -> None:
+    """Standardise `model`'s backbone features with those of the first `STATISTICS_IMAGES` usable photographs of
+    `paths`, as training does: a random tower's features then spread between photographs as the heads expect."""
     arrays = []
-    for path, _ in bank_rows:
+    for path in paths:
         try:
             arrays.append(processor.normalize_image(processor.to_model_image(path)))
         except ValueError:  # an ungradable photograph
             continue
         if len(arrays) == STATISTICS_IMAGES:
             break
-    pixels = torch.from_numpy(np.stack(arrays))
     with torch.no_grad():
-        model.set_feature_statistics(model.forward_features(pixels))
+        model.set_feature_statistics(model.forward_features(torch.from_numpy(np.stack(arrays))))
+
+
+def prepare_model(model_dir: Path, bank_rows: list, calibration_size: int, static: bool) -> None:
+    """Random ViT-B/16 folder with standardisation fitted on bank images, exported fp32 + int8 (+ static int8)."""
+    if (model_dir / ONNX_SUBFOLDER / EXPORT_CONFIG_NAME).is_file():
+        return
+    model, processor = random_retinascan(clip_config=vit_b16_clip_config(), seed=0)
+    fit_feature_statistics(model, processor, [path for path, _ in bank_rows])
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
     if static:
@@ -257,4 +262,4 @@ def run_onnx_parity(
     return results
 
 
-__all__ = ["compare", "read_labels", "run_onnx_parity", "split_by_patient"]
+__all__ = ["compare", "fit_feature_statistics", "read_labels", "run_onnx_parity", "split_by_patient"]

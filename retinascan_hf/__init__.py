@@ -24,6 +24,7 @@ _EXPORTS = {
     "FeatureBank": "feature_bank",
     "FeatureBankMismatchError": "feature_bank",
     "FeatureBankUnavailableError": "feature_bank",
+    "ImageDownloadError": "image_processing_retinascan",
     "ImageTooLargeError": "image_processing_retinascan",
     "InvalidImageError": "image_processing_retinascan",
     "NoFundusFoundError": "image_processing_retinascan",
@@ -36,6 +37,7 @@ _EXPORTS = {
     "RetinaScanOutput": "modeling_retinascan",
     "RetinaScanPipeline": "pipeline_retinascan",
     "register": "registration",
+    "InvalidArtefactError": "validation_retinascan",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
 
@@ -43,6 +45,7 @@ if TYPE_CHECKING:  # what static analysers and IDEs see; at run time `__getattr_
     from .configuration_retinascan import ICDR_LABELS, RetinaScanConfig
     from .feature_bank import FEATURE_BANK_NAME, FeatureBank, FeatureBankMismatchError, FeatureBankUnavailableError
     from .image_processing_retinascan import (
+        ImageDownloadError,
         ImageTooLargeError,
         InvalidImageError,
         NoFundusFoundError,
@@ -54,6 +57,7 @@ if TYPE_CHECKING:  # what static analysers and IDEs see; at run time `__getattr_
     from .modeling_retinascan import RetinaScanModel, RetinaScanOutput
     from .pipeline_retinascan import RetinaScanPipeline
     from .registration import register
+    from .validation_retinascan import InvalidArtefactError
 
 register_with_transformers()
 
@@ -63,7 +67,9 @@ __all__ = [
     "FeatureBank",
     "FeatureBankMismatchError",
     "FeatureBankUnavailableError",
+    "ImageDownloadError",
     "ImageTooLargeError",
+    "InvalidArtefactError",
     "InvalidImageError",
     "NoFundusFoundError",
     "RetinaScanConfig",

@@ -27,6 +27,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "retinascan_hf.commands.explain",
     "retinascan_hf.commands.evaluate",
     "retinascan_hf.commands.export_onnx",
+    "retinascan_hf.commands.release",
+    "retinascan_hf.commands.demo",
 )
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "RETINASCAN_DEBUG"

@@ -8,10 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
+import os
 from typing import Any, ClassVar, Literal
 
 from transformers import CLIPConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import CONFIG_NAME
+
+from .validation_retinascan import (
+    InvalidArtefactError,
+    check_choice,
+    check_flag,
+    check_number,
+    check_numbers,
+)
 
 ICDR_LABELS: tuple[str, ...] = (
     "No DR",
@@ -56,6 +68,39 @@ _EMBEDDING_VISION_FIELDS: tuple[str, ...] = (
     "hidden_act",
     "layer_norm_eps",
 )
+
+# Upper bounds on the backbone's sizes, far above any CLIP, so that a tampered `config.json` cannot make model
+# construction allocate tens of gigabytes before a single weight is read (e.g. `image_size: 60000`).
+_MAX_BACKBONE_SIZES: dict[str, int] = {
+    "hidden_size": 16384,
+    "intermediate_size": 65536,
+    "num_hidden_layers": 256,
+    "num_attention_heads": 256,
+}
+_MAX_PATCHES = 4096  # (image_size / patch_size) ** 2: 64 x 64 patches, e.g. ViT-B/16 at 1024 px
+_MAX_TEXT_POSITIONS = 4096
+_MAX_VOCABULARY = 1_000_000
+
+
+def _validate_backbone(backbone: CLIPConfig) -> None:
+    """Sizes of the CLIP towers: positive integers below bounds no real CLIP reaches."""
+    for tower_name in ("vision_config", "text_config"):
+        tower = getattr(backbone, tower_name)
+        for name, high in _MAX_BACKBONE_SIZES.items():
+            check_number(f"backbone_config.{tower_name}.{name}", getattr(tower, name), integer=True, low=1, high=high)
+    vision, text = backbone.vision_config, backbone.text_config
+    check_number("backbone_config.vision_config.patch_size", vision.patch_size, integer=True, low=1)
+    side = math.isqrt(_MAX_PATCHES) * vision.patch_size
+    check_number("backbone_config.vision_config.image_size", vision.image_size, integer=True, low=1, high=side)
+    check_number(
+        "backbone_config.text_config.max_position_embeddings",
+        text.max_position_embeddings,
+        integer=True,
+        low=1,
+        high=_MAX_TEXT_POSITIONS,
+    )
+    check_number("backbone_config.text_config.vocab_size", text.vocab_size, integer=True, low=1, high=_MAX_VOCABULARY)
+    check_number("backbone_config.projection_dim", backbone.projection_dim, integer=True, low=1, high=16384)
 
 
 PIPELINE_TASK = "retinascan"
@@ -105,6 +150,11 @@ class RetinaScanConfig(PreTrainedConfig):
         coral_thresholds (`list[float]`, *optional*):
             One decision threshold per CORAL task, on the temperature-scaled logits. Zeros (probability
             0.5) by default; training tunes them on validation data.
+        ood_threshold (`float`, *optional*):
+            Largest `ood_score` (distance of an image's CLIP embedding to those of its nearest training images, in
+            units of their own leave-one-out neighbour distance; see `OODReference`) that is still graded; above it
+            the pipeline answers `gradable: False`. Training sets it to a high quantile of the validation images'
+            scores; `None` (an untrained model) disables the check.
         referable_grade (`int`, defaults to 2):
             Lowest grade that counts as *referable* DR (ICDR: moderate NPDR or worse). Screening programmes refer
             at this cut-off; the pipeline's `referable` flag and the screening metrics use it.
@@ -117,6 +167,10 @@ class RetinaScanConfig(PreTrainedConfig):
             quantile is what lets any coverage be asked for at call time. `None`: no grade sets.
         conformal_calibration_size (`int`, *optional*):
             Number of validation images the `conformal_scores` summarise (required with them).
+        text_tower (`bool`, defaults to `True`):
+            Whether the model holds CLIP's text tower. Grading never runs it (the prototypes are a saved buffer), so
+            a release drops it (`RetinaScanModel.drop_text_tower`): 42% of a ViT-B/16 checkpoint. Without it,
+            `compute_text_prototypes` cannot run.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the normal initialisation of the heads.
     """
@@ -145,10 +199,12 @@ class RetinaScanConfig(PreTrainedConfig):
     ordinal_temperature: float = 1.0
     prototype_calibration_temperature: float = 1.0
     coral_thresholds: list[float] | None = None
+    ood_threshold: float | None = None
     referable_grade: int = 2
     conformal_coverage: float = 0.9
     conformal_scores: dict[str, list[float]] | None = None
     conformal_calibration_size: int | None = None
+    text_tower: bool = True
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -169,44 +225,91 @@ class RetinaScanConfig(PreTrainedConfig):
         }
         self._validate()
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        """transformers' reader, except that a folder without `config.json` is an error, not the default config.
+
+        Falling back to defaults would build a ViT-B/16 around a tiny checkpoint and fail far from the cause.
+        """
+        config_dict, unused = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if not config_dict:
+            location = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+            raise OSError(f"{location} has no {CONFIG_NAME}: it is not a saved RetinaScan model folder.")
+        return config_dict, unused
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs) -> RetinaScanConfig:
+        """transformers' loader; an invalid value is reported with the path of the `config.json` it came from."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except InvalidArtefactError as error:
+            location = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+            raise error.in_file(os.path.join(location, CONFIG_NAME)) from error
+
     def _validate(self) -> None:
-        if self.num_labels < 2:
-            raise ValueError(f"RetinaScan needs at least 2 grades, got num_labels={self.num_labels}.")
-        if len(self.grade_descriptions) != self.num_labels:
-            raise ValueError(
-                f"grade_descriptions has {len(self.grade_descriptions)} entries but there are "
-                f"{self.num_labels} grades: give exactly one description per grade."
+        """Type and range of every field: `config.json` is untrusted input (NaN passes `nan <= 0`)."""
+        check_number("num_labels", self.num_labels, integer=True, low=2)
+        labels = self.id2label or {}
+        if sorted(labels) != list(range(self.num_labels)) or not all(isinstance(v, str) for v in labels.values()):
+            raise InvalidArtefactError(
+                f"id2label must name every grade 0..{self.num_labels - 1} exactly once, got {labels!r}.",
+                field="id2label",
             )
-        if len(self.coral_thresholds) != self.num_labels - 1:
-            raise ValueError(
+        descriptions = self.grade_descriptions
+        if not isinstance(descriptions, list) or not all(isinstance(text, str) for text in descriptions):
+            raise InvalidArtefactError("grade_descriptions must be a list of strings.", field="grade_descriptions")
+        if len(descriptions) != self.num_labels:
+            raise InvalidArtefactError(
+                f"grade_descriptions has {len(descriptions)} entries but there are "
+                f"{self.num_labels} grades: give exactly one description per grade.",
+                field="grade_descriptions",
+            )
+        if isinstance(self.coral_thresholds, list) and len(self.coral_thresholds) != self.num_labels - 1:
+            raise InvalidArtefactError(
                 f"coral_thresholds has {len(self.coral_thresholds)} entries; CORAL with {self.num_labels} "
-                f"grades has {self.num_labels - 1} tasks."
+                f"grades has {self.num_labels - 1} tasks.",
+                field="coral_thresholds",
             )
+        check_numbers("coral_thresholds", self.coral_thresholds, length=self.num_labels - 1)
         for name in ("prototype_temperature", "ordinal_temperature", "prototype_calibration_temperature"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
-        if self.knn_k < 1:
-            raise ValueError(f"knn_k must be at least 1, got {self.knn_k}.")
-        if not 1 <= self.referable_grade < self.num_labels:
-            raise ValueError(f"referable_grade must lie in [1, {self.num_labels - 1}], got {self.referable_grade}.")
+            check_number(name, getattr(self, name), low=0, low_open=True)
+        for name in ("coral_loss_weight", "prototype_loss_weight", "focal_gamma", "initializer_range"):
+            check_number(name, getattr(self, name), low=0)
+        check_number("projection_dropout", self.projection_dropout, low=0, high=1, high_open=True)
+        check_number("projection_hidden_size", self.projection_hidden_size, integer=True, low=1, high=65536)
+        _validate_backbone(self.backbone_config)
+        check_number("knn_k", self.knn_k, integer=True, low=1)  # capped at the bank's size when used
+        check_choice("knn_weighting", self.knn_weighting, ("uniform", "distance"))
+        check_flag("freeze_backbone", self.freeze_backbone)
+        check_flag("text_tower", self.text_tower)
+        if self.ood_threshold is not None:
+            check_number("ood_threshold", self.ood_threshold, low=0, low_open=True)
+        check_number("referable_grade", self.referable_grade, integer=True, low=1, high=self.num_labels - 1)
         self._validate_conformal()
 
     def _validate_conformal(self) -> None:
-        if not 0 < self.conformal_coverage < 1:
-            raise ValueError(f"conformal_coverage must lie strictly between 0 and 1, got {self.conformal_coverage}.")
+        check_number("conformal_coverage", self.conformal_coverage, low=0, high=1, low_open=True, high_open=True)
         if self.conformal_scores is None:
             return
         size = self.conformal_calibration_size
-        if not isinstance(size, int) or size < 1:
-            raise ValueError(
-                f"conformal_calibration_size must be a positive integer with conformal_scores, got {size}."
-            )
+        check_number("conformal_calibration_size", size, integer=True, low=1)
+        if not isinstance(self.conformal_scores, dict):
+            raise InvalidArtefactError("conformal_scores must map modes to lists of scores.", field="conformal_scores")
         for mode, scores in self.conformal_scores.items():
-            values = [float(value) for value in scores]
-            if not 0 < len(values) <= size:
-                raise ValueError(f"conformal_scores[{mode!r}] holds {len(values)} scores for {size} images.")
-            if not all(0.0 <= value <= 2.0 for value in values) or values != sorted(values):
-                raise ValueError(f"conformal_scores[{mode!r}] must be sorted probability masses in [0, 2].")
+            if isinstance(scores, (str, bytes)) or not isinstance(scores, (list, tuple)):
+                raise InvalidArtefactError(
+                    f"conformal_scores[{mode!r}] must be a list of scores.", field="conformal_scores"
+                )
+            if not 0 < len(scores) <= size:
+                raise InvalidArtefactError(
+                    f"conformal_scores[{mode!r}] holds {len(scores)} scores for {size} images.",
+                    field="conformal_scores",
+                )
+            valid = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and 0.0 <= v <= 2.0 for v in scores)
+            if not valid or list(scores) != sorted(scores):  # `0 <= nan` is false: NaN is refused here too
+                raise InvalidArtefactError(
+                    f"conformal_scores[{mode!r}] must be sorted probability masses in [0, 2].", field="conformal_scores"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """`PreTrainedConfig.to_dict`, always with the full `custom_pipelines` entry: a saved config must let remote

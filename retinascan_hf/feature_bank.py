@@ -5,6 +5,10 @@ to a query in the model's embedding space. It is stored as `feature_bank.safeten
 int64 grades, JSON metadata) and resolved exactly like transformers resolves weights: a local folder, or
 a Hub repo id through the cache (revision, offline mode, token).
 
+The file also carries an [`OODReference`]: CLIP image embeddings of (a sample of) the training images, with
+their own leave-one-out neighbour distance, from which `ood_scores` says how far a new image lies from
+everything the model was trained on.
+
 This file is copied verbatim into model repositories as remote code.
 """
 
@@ -19,9 +23,11 @@ from pathlib import Path
 import torch
 from huggingface_hub import _CACHED_NO_EXIST, hf_hub_download, is_offline_mode, try_to_load_from_cache
 from huggingface_hub.errors import RemoteEntryNotFoundError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers.utils import logging
+
+from .validation_retinascan import InvalidArtefactError, check_finite_tensor, check_number
 
 # A child of transformers' root logger, so that `transformers.logging.set_verbosity_*` and TRANSFORMERS_VERBOSITY
 # apply to it (a logger named plainly `__name__` would sit outside transformers' hierarchy and ignore them).
@@ -30,6 +36,91 @@ logger = logging.get_logger(f"transformers.{__name__}")
 FEATURE_BANK_NAME = "feature_bank.safetensors"
 _FORMAT = "retinascan-feature-bank"
 _VERSION = "1"
+# Neighbours whose mean distance makes an OOD score, and the most training images the reference keeps: a fixed
+# random sample bounds its size and cost (an exact search over 4,096 rows) whatever the training set's size.
+OOD_NEIGHBORS = 10
+OOD_REFERENCE_ROWS = 4096
+# Floor of the reference distance, so a reference made of duplicates cannot divide by zero.
+_MIN_OOD_SCALE = 1e-6
+
+
+def _check_rows(name: str, rows: torch.Tensor) -> None:
+    """Refuse NaN/inf and all-zero rows: a zero vector has no direction to compare by cosine."""
+    check_finite_tensor(name, rows)
+    zero_rows = torch.nonzero(rows.detach().float().norm(dim=-1) <= 1e-6).flatten()
+    if len(zero_rows):
+        raise InvalidArtefactError(
+            f"{name} has {len(zero_rows)} all-zero row(s) of {rows.shape[0]} (first: row {int(zero_rows[0])}); "
+            "a zero vector has no direction to compare.",
+            field=name,
+        )
+
+
+class OODReference:
+    """How far an image lies from the training images, in units of how far training images lie from each other.
+
+    Holds the CLIP image embeddings (the backbone's `image_features`) of at most `OOD_REFERENCE_ROWS` training
+    images. A query's score is its mean cosine distance to the `k` nearest of them, divided by `scale`: the
+    median of that same distance for each reference row against the others (leave-one-out). About 1 means
+    "as close as training images are to each other"; a picture unlike anything trained on scores far higher.
+
+    The backbone's embedding, not the bank's: the grading heads are trained to keep only what separates
+    grades, so a picture that is no fundus lands among the grade clusters just like an ambiguous fundus does
+    (quickstart model: disc-shaped non-fundus pictures scored 1.5-2.9 there, inside the 0.2-21 range of
+    validation fundus images), while CLIP's embedding keeps what the picture shows.
+
+    Args:
+        features: `[M, D]` image embeddings (M >= 2); stored L2-normalised in float32.
+        k, scale: as read back from a saved bank; computed from `features` when not given.
+    """
+
+    def __init__(self, features: torch.Tensor, k: int | None = None, scale: float | None = None):
+        features = torch.as_tensor(features)
+        if features.ndim != 2 or features.shape[0] < 2 or not features.is_floating_point():
+            raise InvalidArtefactError(
+                f"ood_features must be a floating [M, D] tensor with M >= 2, got {features.dtype} "
+                f"{tuple(features.shape)}.",
+                field="ood_features",
+            )
+        _check_rows("ood_features", features)
+        self.features = torch.nn.functional.normalize(features.detach().float().cpu(), dim=-1)
+        if (k is None) != (scale is None):
+            raise InvalidArtefactError("ood_k and ood_scale come together: give both or neither.", field="ood_k")
+        if k is None:
+            k = min(OOD_NEIGHBORS, len(self.features) - 1)
+            rows = torch.arange(len(self.features))
+            scale = max(float(self._mean_distance(self.features, k, exclude=rows).median()), _MIN_OOD_SCALE)
+        self.k = check_number("ood_k", k, integer=True, low=1, high=len(self.features) - 1)
+        self.scale = float(check_number("ood_scale", scale, low=0, low_open=True))
+
+    @classmethod
+    def sample(cls, features: torch.Tensor, max_rows: int = OOD_REFERENCE_ROWS) -> OODReference | None:
+        """A reference from a fixed random sample of at most `max_rows` of `features`; `None` below 2 rows."""
+        if len(features) < 2:
+            return None
+        if len(features) > max_rows:
+            features = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:max_rows]]
+        return cls(features)
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+    def _mean_distance(self, queries: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cosine distance of each query to its `k` nearest rows, skipping row `exclude[i]` for query `i`."""
+        similarities = torch.nn.functional.normalize(queries.float(), dim=-1) @ self.features.to(queries.device).T
+        if exclude is not None:
+            similarities[torch.arange(len(queries)), exclude.to(queries.device)] = float("-inf")
+        return (1.0 - similarities.topk(k, dim=-1).values.clamp(-1.0, 1.0)).mean(dim=-1)
+
+    @torch.no_grad()
+    def scores(self, queries: torch.Tensor) -> torch.Tensor:
+        """OOD score per query `[B]` (see the class docstring); NaN for a non-finite query."""
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise FeatureBankMismatchError(
+                f"OOD queries have shape {tuple(queries.shape)}; the reference expects [B, {self.dim}]."
+            )
+        return self._mean_distance(queries, self.k) / self.scale
 
 
 class FeatureBankMismatchError(ValueError):
@@ -80,6 +171,9 @@ class FeatureBank:
         sources, image_ids: optional per-row strings, returned with neighbours for audit trails.
         num_labels: number of grades (defaults to 5, ICDR).
         config_hash: the model's [`RetinaScanConfig.embedding_hash`] at build time.
+        ood_reference: the [`OODReference`] of the training images, for `ood_scores` (optional).
+
+    Embeddings holding NaN/inf or an all-zero row are refused: they would vote with meaningless neighbours.
     """
 
     def __init__(
@@ -91,20 +185,36 @@ class FeatureBank:
         image_ids: Sequence[str] | None = None,
         num_labels: int = 5,
         config_hash: str | None = None,
+        ood_reference: OODReference | None = None,
     ):
         embeddings = torch.as_tensor(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-            raise ValueError(f"Bank embeddings must be a non-empty [N, D] tensor, got shape {tuple(embeddings.shape)}.")
+            raise InvalidArtefactError(
+                f"Bank embeddings must be a non-empty [N, D] tensor, got shape {tuple(embeddings.shape)}.",
+                field="embeddings",
+            )
         if not embeddings.is_floating_point():
             raise FeatureBankMismatchError(f"Bank embeddings must be floating point, got dtype {embeddings.dtype}.")
-        grades = torch.as_tensor(grades, dtype=torch.long).reshape(-1)
+        check_number("num_labels", num_labels, integer=True, low=2)
+        _check_rows("embeddings", embeddings)
+        grades = torch.as_tensor(grades)
+        if grades.is_floating_point() or grades.dtype == torch.bool:
+            raise InvalidArtefactError(f"Bank grades must be integers, got dtype {grades.dtype}.", field="grades")
+        grades = grades.long().reshape(-1)
         if grades.shape[0] != embeddings.shape[0]:
-            raise ValueError(f"{embeddings.shape[0]} embeddings but {grades.shape[0]} grades.")
+            raise InvalidArtefactError(
+                f"{embeddings.shape[0]} embeddings but {grades.shape[0]} grades.", field="grades"
+            )
         if grades.min() < 0 or grades.max() >= num_labels:
-            raise ValueError(f"Bank grades must lie in [0, {num_labels - 1}], got {grades.min()}..{grades.max()}.")
+            raise InvalidArtefactError(
+                f"Bank grades must lie in [0, {num_labels - 1}], got {grades.min()}..{grades.max()}.", field="grades"
+            )
         for name, values in (("sources", sources), ("image_ids", image_ids)):
-            if values is not None and len(values) != grades.shape[0]:
-                raise ValueError(f"{name} has {len(values)} entries for {grades.shape[0]} bank rows.")
+            if values is not None and (len(values) != grades.shape[0] or not all(isinstance(v, str) for v in values)):
+                raise InvalidArtefactError(
+                    f"{name} must hold one string per bank row ({grades.shape[0]}), got {len(values)} entries.",
+                    field=name,
+                )
         normalised = torch.nn.functional.normalize(embeddings.detach().float().cpu(), dim=-1)
         self.embeddings = normalised.to(torch.float16)
         self.grades = grades.cpu()
@@ -112,6 +222,7 @@ class FeatureBank:
         self.image_ids = list(image_ids) if image_ids is not None else None
         self.num_labels = num_labels
         self.config_hash = config_hash
+        self.ood_reference = ood_reference
         self._search_matrix: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -126,13 +237,23 @@ class FeatureBank:
         return f"FeatureBank(size={len(self)}, dim={self.dim}, grades={counts})"
 
     def check_compatible(
-        self, embedding_dim: int, config_hash: str | None = None, dtype: torch.dtype | None = None
+        self,
+        embedding_dim: int,
+        config_hash: str | None = None,
+        dtype: torch.dtype | None = None,
+        num_labels: int | None = None,
     ) -> None:
-        """Raise [`FeatureBankMismatchError`] if this bank cannot serve a model of `embedding_dim` and `dtype`.
+        """Raise [`FeatureBankMismatchError`] if this bank cannot serve a model of `embedding_dim`, `dtype` and
+        `num_labels` grades.
 
         The search runs in float32, so any floating model dtype works with the fp16 bank; a model whose
-        embeddings are not floating point (an integer-quantised export) cannot be searched.
+        embeddings are not floating point (an integer-quantised export) cannot be searched. A bank voting over
+        another number of grades would return scores of the wrong length (or grades the model cannot name).
         """
+        if num_labels is not None and num_labels != self.num_labels:
+            raise FeatureBankMismatchError(
+                f"Feature bank votes over {self.num_labels} grades but the model has {num_labels} grades."
+            )
         if dtype is not None and not dtype.is_floating_point:
             raise FeatureBankMismatchError(
                 f"Feature bank holds {self.embeddings.dtype} embeddings; the model computes in {dtype}, "
@@ -141,6 +262,11 @@ class FeatureBank:
         if embedding_dim != self.dim:
             raise FeatureBankMismatchError(
                 f"Feature bank holds {self.dim}-d embeddings but the model produces {embedding_dim}-d embeddings."
+            )
+        if self.ood_reference is not None and self.ood_reference.dim != embedding_dim:
+            raise FeatureBankMismatchError(
+                f"Feature bank's OOD reference holds {self.ood_reference.dim}-d image embeddings but the model "
+                f"produces {embedding_dim}-d ones."
             )
         if config_hash is not None and self.config_hash is not None and config_hash != self.config_hash:
             logger.warning(
@@ -199,6 +325,11 @@ class FeatureBank:
         votes.scatter_add_(1, neighbour_grades, weights)
         return NeighborResult(scores=votes / votes.sum(-1, keepdim=True), indices=indices, similarities=similarities)
 
+    def ood_scores(self, image_features: torch.Tensor) -> torch.Tensor | None:
+        """Out-of-distribution score per image `[B]` from the backbone's `image_features` (see [`OODReference`]);
+        `None` for a bank without a reference."""
+        return None if self.ood_reference is None else self.ood_reference.scores(image_features)
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write `feature_bank.safetensors` into `save_directory` atomically (temp file, then rename)."""
         directory = Path(save_directory)
@@ -212,46 +343,70 @@ class FeatureBank:
             "dtype": str(self.embeddings.dtype).removeprefix("torch."),
             "config_hash": self.config_hash or "",
         }
+        tensors = {"embeddings": self.embeddings.contiguous(), "grades": self.grades.contiguous()}
+        if self.ood_reference is not None:
+            metadata["ood_k"], metadata["ood_scale"] = str(self.ood_reference.k), repr(self.ood_reference.scale)
+            tensors["ood_features"] = self.ood_reference.features.contiguous()
         if self.sources is not None:
             metadata["sources"] = json.dumps(self.sources)
         if self.image_ids is not None:
             metadata["image_ids"] = json.dumps(self.image_ids)
         target = directory / FEATURE_BANK_NAME
         temporary = directory / f".{FEATURE_BANK_NAME}.{os.getpid()}.tmp"
-        save_file(
-            {"embeddings": self.embeddings.contiguous(), "grades": self.grades.contiguous()},
-            str(temporary),
-            metadata=metadata,
-        )
+        save_file(tensors, str(temporary), metadata=metadata)
         os.replace(temporary, target)
         return target
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> FeatureBank:
-        """Read a bank file (safetensors only: nothing is unpickled)."""
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not a RetinaScan feature bank (format={metadata.get('format')!r}).")
-            embeddings = handle.get_tensor("embeddings")
-            grades = handle.get_tensor("grades")
+        """Read a bank file (safetensors only: nothing is unpickled), refusing values that cannot be served
+        with an error naming the file and the field."""
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                if metadata.get("format") != _FORMAT:
+                    raise InvalidArtefactError(
+                        f"not a RetinaScan feature bank (format={metadata.get('format')!r}).", field="format"
+                    )
+                stored = set(handle.keys())
+                missing = sorted({"embeddings", "grades"} - stored)
+                if missing:
+                    raise InvalidArtefactError(f"missing tensor(s) {missing}.", field=missing[0])
+                embeddings = handle.get_tensor("embeddings")
+                grades = handle.get_tensor("grades")
+                ood_features = handle.get_tensor("ood_features") if "ood_features" in stored else None
+        except SafetensorError as error:
+            raise OSError(f"{path} is not a readable safetensors file: {error}") from error
+        except InvalidArtefactError as error:
+            raise error.in_file(path) from error
         declared_dtype = metadata.get("dtype")
         if declared_dtype and declared_dtype != str(embeddings.dtype).removeprefix("torch."):
             raise FeatureBankMismatchError(
                 f"{path} declares dtype {declared_dtype} but stores {embeddings.dtype} embeddings."
             )
-        if int(metadata.get("dim", embeddings.shape[-1])) != embeddings.shape[-1]:
-            raise FeatureBankMismatchError(
-                f"{path} declares dim {metadata['dim']} but stores {embeddings.shape[-1]}-d embeddings."
+        try:
+            if _metadata_number(metadata, "dim", embeddings.shape[-1], integer=True) != embeddings.shape[-1]:
+                raise FeatureBankMismatchError(
+                    f"{path} declares dim {metadata['dim']} but stores {embeddings.shape[-1]}-d embeddings."
+                )
+            reference = None
+            if ood_features is not None:
+                reference = OODReference(
+                    ood_features,
+                    k=_metadata_number(metadata, "ood_k", None, integer=True),
+                    scale=_metadata_number(metadata, "ood_scale", None, integer=False),
+                )
+            return cls(
+                embeddings,
+                grades,
+                sources=_metadata_strings(metadata, "sources"),
+                image_ids=_metadata_strings(metadata, "image_ids"),
+                num_labels=_metadata_number(metadata, "num_labels", 5, integer=True),
+                config_hash=metadata.get("config_hash") or None,
+                ood_reference=reference,
             )
-        return cls(
-            embeddings,
-            grades,
-            sources=json.loads(metadata["sources"]) if "sources" in metadata else None,
-            image_ids=json.loads(metadata["image_ids"]) if "image_ids" in metadata else None,
-            num_labels=int(metadata.get("num_labels", 5)),
-            config_hash=metadata.get("config_hash") or None,
-        )
+        except InvalidArtefactError as error:
+            raise error.in_file(path) from error
 
     @classmethod
     def from_pretrained(
@@ -325,11 +480,39 @@ def _download(
         ) from error
 
 
+def _metadata_number(metadata: dict[str, str], key: str, default, *, integer: bool):
+    """A number stored as a metadata string (safetensors metadata is `str -> str`); `default` when absent."""
+    raw = metadata.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise InvalidArtefactError(f"metadata {key} must be {kind}, got {raw!r}.", field=key) from None
+
+
+def _metadata_strings(metadata: dict[str, str], key: str) -> list[str] | None:
+    """A JSON list of strings stored as metadata; `None` when absent."""
+    if key not in metadata:
+        return None
+    try:
+        values = json.loads(metadata[key])
+    except json.JSONDecodeError as error:
+        raise InvalidArtefactError(f"metadata {key} is not valid JSON ({error}).", field=key) from None
+    if not isinstance(values, list):
+        raise InvalidArtefactError(f"metadata {key} must be a JSON list of strings.", field=key)
+    return values
+
+
 __all__ = [
     "FEATURE_BANK_NAME",
+    "OOD_NEIGHBORS",
+    "OOD_REFERENCE_ROWS",
     "FeatureBank",
     "FeatureBankMismatchError",
     "FeatureBankUnavailableError",
     "NeighborResult",
+    "OODReference",
     "bank_location",
 ]

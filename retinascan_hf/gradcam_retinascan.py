@@ -71,11 +71,14 @@ class GradCamResult:
             The grade each map explains.
         decision ([`GradeDecision`]):
             The decision of the requested mode on the same forward pass (detached).
+        outputs ([`RetinaScanOutput`]):
+            The model's outputs of that forward pass (detached), e.g. for the pipeline's gradability checks.
     """
 
     heatmaps: torch.Tensor
     target_grades: torch.Tensor
     decision: GradeDecision
+    outputs: RetinaScanOutput | None = None
 
 
 def _last_block_norm(model: RetinaScanModel) -> torch.nn.Module:
@@ -179,7 +182,8 @@ def grad_cam(
         model.eval()
         with torch.inference_mode(False), torch.enable_grad():
             outputs = model(pixel_values=pixel_values.clone().to(model.dtype))
-            decision = decide(_detached(outputs), mode, model.config, bank, k, coverage=coverage)
+            detached = _detached(outputs)
+            decision = decide(detached, mode, model.config, bank, k, coverage=coverage)
             grades = decision.grades if target_grade is None else torch.full_like(decision.grades, target_grade)
             grades = grades.to(outputs.embeddings.device)
             scores = target_scores(outputs, captured["projected"], mode, model.config, grades, decision, bank)
@@ -199,7 +203,7 @@ def grad_cam(
         raise FloatingPointError("Grad-CAM produced non-finite values; run the model in float32 to explain it.")
     peak = cam.flatten(1).amax(-1).reshape(-1, 1, 1)
     heatmaps = torch.where(peak > 0, cam / peak.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
-    return GradCamResult(heatmaps=heatmaps, target_grades=grades.detach(), decision=decision)
+    return GradCamResult(heatmaps=heatmaps, target_grades=grades.detach(), decision=decision, outputs=detached)
 
 
 def pixels_to_image(pixel_values: torch.Tensor, image_mean, image_std, do_normalize: bool = True) -> Image.Image:

@@ -12,18 +12,24 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, logging
 
 from .configuration_retinascan import RetinaScanConfig
 from .feature_bank import FeatureBank, NeighborResult
+from .validation_retinascan import InvalidArtefactError, check_finite_tensor
+
+# Under transformers' logger tree, so `transformers.logging.set_verbosity_*` governs these messages too.
+logger = logging.get_logger(f"transformers.{__name__}")
 
 DECISION_MODES: tuple[str, ...] = ("knn", "ordinal", "prototype")
 
@@ -373,6 +379,8 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
     def __init__(self, config: RetinaScanConfig, backbone: CLIPModel | None = None):
         super().__init__(config)
         self.clip = backbone if backbone is not None else CLIPModel(config.backbone_config)
+        if not config.text_tower:
+            self._remove_text_tower()
         dim = config.embedding_dim
         self.projection = RetinaScanProjectionHead(dim, config.projection_hidden_size, config.projection_dropout)
         self.coral = RetinaScanCoralHead(dim, config.num_ordinal_tasks)
@@ -397,6 +405,20 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         """
         if self.config.freeze_backbone:
             self.clip.requires_grad_(False)
+
+    def _remove_text_tower(self) -> None:
+        # `None` rather than `del`: CLIP's weight initialisation reads `text_projection` (and skips `None`), and
+        # `state_dict` skips `None` modules, so the saved checkpoint simply has no text weights.
+        self.clip.text_model = None
+        self.clip.text_projection = None
+
+    def drop_text_tower(self) -> RetinaScanModel:
+        """Remove CLIP's text tower, which grading never runs (the prototypes are a buffer), and record that in the
+        config, so the saved model is smaller and loads without missing-weight warnings. Irreversible for this
+        instance: recomputing prototypes then needs the full backbone (`from_backbone`)."""
+        self.config.text_tower = False
+        self._remove_text_tower()
+        return self
 
     def get_input_embeddings(self) -> nn.Module:
         """The vision tower's patch embedding (a `Conv2d`), as for transformers' vision models."""
@@ -429,16 +451,27 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, with `freeze_backbone` applied and the weights' origin remembered.
+        """`PreTrainedModel.from_pretrained`, with `freeze_backbone` applied, the weights' origin remembered, and
+        weights that cannot be served refused.
 
         Every loading path (this class, `AutoModel`, `AutoModelForImageClassification`, remote code, pipelines) ends
         here, so this is where the backbone is frozen again after the loader replaced its parameters (see
         [`apply_backbone_freezing`]). The pipeline reads `pretrained_source` to load the feature bank from the same
         repo *and commit* as the weights: a bank from another revision would vote with embeddings of other weights.
+        A corrupt safetensors file, or weights holding NaN/inf (or a zero `feature_std`, which divides), raise naming
+        the file instead of grading every image "No DR" with NaN scores.
         Returns what transformers returns (`(model, loading_info)` with `output_loading_info=True`).
         """
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        location = os.path.join(os.fspath(pretrained_model_name_or_path or ""), kwargs.get("subfolder") or "")
+        try:
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except SafetensorError as error:
+            raise OSError(f"{_weights_file(location)} is not a readable safetensors file: {error}") from error
         model = loaded[0] if isinstance(loaded, tuple) else loaded
+        try:
+            model.check_weights()
+        except InvalidArtefactError as error:
+            raise error.in_file(_weights_file(location)) from error
         model.apply_backbone_freezing()
         # `None` (weights given as `state_dict`, nothing on disk or the Hub): there is no folder to find a bank in.
         model.pretrained_source = (
@@ -455,6 +488,14 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         )
         return loaded
 
+    def check_weights(self) -> None:
+        """Raise [`InvalidArtefactError`] naming the first parameter or buffer holding NaN/inf, or a `feature_std`
+        entry that is not positive (features are divided by it)."""
+        for name, tensor in chain(self.named_parameters(), self.named_buffers()):
+            check_finite_tensor(name, tensor)
+        if not bool((self.feature_std > 0).all()):
+            raise InvalidArtefactError("feature_std must be positive everywhere (features are divided by it).")
+
     @torch.no_grad()
     def compute_text_prototypes(self, tokenizer, descriptions: list[str] | None = None) -> torch.Tensor:
         """Embed grade descriptions with CLIP's text tower into the `text_prototypes` buffer.
@@ -462,6 +503,11 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         New `descriptions` (one per grade) replace those in the config, so the saved model records the text
         its prototypes came from.
         """
+        if not self.config.text_tower:
+            raise ValueError(
+                "This model has no CLIP text tower (config.text_tower=False: it was dropped for release), so it cannot "
+                "embed grade descriptions. Build the model with RetinaScanModel.from_backbone(...) to recompute them."
+            )
         if descriptions is not None:
             if len(descriptions) != self.config.num_labels:
                 raise ValueError(f"Need {self.config.num_labels} descriptions, got {len(descriptions)}.")
@@ -591,6 +637,25 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             custom_object_save(RetinaScanPipeline, save_directory)
+
+    def push_to_hub(self, repo_id: str, *args, **kwargs):
+        """transformers' `push_to_hub`: weights, config and code only, so the repo lacks the processor, the feature
+        bank and a model card, and `pipeline(...)` cannot load it. That is said (a warning) every time; a complete,
+        verified release goes through `retinascan release` / `retinascan_hf.release.release_model`."""
+        logger.warning(
+            f"RetinaScanModel.push_to_hub uploads weights, config and code only: {repo_id} will lack "
+            "preprocessor_config.json, feature_bank.safetensors and a model card, so pipeline(...) cannot load it. "
+            f"Upload a complete, verified release with `retinascan release --model DIR --repo-id {repo_id}` "
+            "(retinascan_hf.release.release_model)."
+        )
+        return super().push_to_hub(repo_id, *args, **kwargs)
+
+
+def _weights_file(location: str) -> str:
+    """The weights file of a model folder, for error messages: the shard index when the folder is sharded."""
+    if os.path.isfile(os.path.join(location, SAFE_WEIGHTS_INDEX_NAME)):
+        return os.path.join(location, SAFE_WEIGHTS_INDEX_NAME)
+    return os.path.join(location, SAFE_WEIGHTS_NAME)
 
 
 __all__ = [

@@ -11,11 +11,19 @@ Decision modes:
 
 `return_heatmap=True` explains each grade with Grad-CAM (`gradcam_retinascan.py`, imported only then).
 
+Every result says whether the image was graded (`gradable`) and how far it lies from the training images
+(`ood_score`). An image is not graded, and its grade, label, scores, referral and grade set are `None`, when it
+is not a usable image (`error_type` names the exception), fails the processor's quality check (`"LowQuality"`:
+no round field of view, out of focus, badly exposed), lies farther from the training images than the
+calibrated `ood_threshold` (`"OutOfDistribution"`), or the model produced NaN/inf (`"NonFiniteOutput"`).
+
 This file is copied verbatim into model repositories as remote code (relative imports only).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -31,12 +39,18 @@ from transformers.utils import logging
 from .configuration_retinascan import PIPELINE_TASK
 from .feature_bank import FEATURE_BANK_NAME, FeatureBank, bank_location
 from .image_processing_retinascan import describe_input
-from .modeling_retinascan import DECISION_MODES, GradeDecision, decide
+from .modeling_retinascan import DECISION_MODES, GradeDecision, RetinaScanOutput, decide
 from .onnx_backend import select_backend
+from .validation_retinascan import check_number
 
 # A child of transformers' root logger, so that `transformers.logging.set_verbosity_*` and TRANSFORMERS_VERBOSITY
 # apply to it (a logger named plainly `__name__` would sit outside transformers' hierarchy and ignore them).
 logger = logging.get_logger(f"transformers.{__name__}")
+
+
+LOW_QUALITY = "LowQuality"
+OUT_OF_DISTRIBUTION = "OutOfDistribution"
+NON_FINITE_OUTPUT = "NonFiniteOutput"
 
 
 def _as_list(value: Any) -> list:
@@ -88,10 +102,12 @@ class RetinaScanPipeline(Pipeline):
     """Grade diabetic retinopathy in fundus photographs.
 
     Inputs: a path, URL, bytes, PIL image or numpy array, or a list of them. Per image it returns a dict
-    with `grade`, `label`, `scores` (5 floats summing to 1), `referable` (grade >= 2), `mode`, `gradable` and
+    with `grade`, `label`, `scores` (5 floats summing to 1), `referable` (grade >= 2), `mode`, `gradable`,
     `grade_set` (the contiguous conformal set of grades, e.g. `[2, 3]`, that holds the true grade with the target
-    coverage; `None` for a model without conformal calibration); a bad input gives `{"gradable": False, "error":
-    ...}` in its place. With `top_k=n` each result
+    coverage; `None` for a model without conformal calibration), `ood_score` (float, or `None` without a feature
+    bank) and, for an image that was not graded, `reason` (words) and `error_type` (the exception's class name, or
+    `"LowQuality"`, `"OutOfDistribution"`, `"NonFiniteOutput"`); grade, label, scores, referable and grade_set are
+    then `None`. With `top_k=n` each result
     also holds `top_k`: the `n` most likely grades as `[{"label", "score"}]`, highest score first (the
     image-classification pipeline's format).
 
@@ -147,8 +163,9 @@ class RetinaScanPipeline(Pipeline):
         else:
             bank = FeatureBank.from_pretrained(feature_bank)
         if bank is not None:
+            config = self.model.config
             bank.check_compatible(
-                self.model.config.embedding_dim, self.model.config.embedding_hash(), dtype=self.model.dtype
+                config.embedding_dim, config.embedding_hash(), dtype=self.model.dtype, num_labels=config.num_labels
             )
         return bank
 
@@ -190,15 +207,15 @@ class RetinaScanPipeline(Pipeline):
             raise TypeError(f"Unexpected arguments for the retinascan pipeline: {sorted(kwargs)}.")
         preprocess_params, forward_params, postprocess_params = {}, {}, {}
         if timeout is not None:
-            preprocess_params["timeout"] = timeout
+            preprocess_params["timeout"] = check_number("timeout", timeout, low=0, low_open=True)
         if mode is not None:
             if mode not in DECISION_MODES:
                 raise ValueError(f"mode must be one of {DECISION_MODES}, got {mode!r}.")
             forward_params["mode"] = mode
         if k is not None:
-            if int(k) < 1:
-                raise ValueError(f"k must be at least 1, got {k}.")
-            forward_params["k"] = int(k)
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+                raise ValueError(f"k must be a positive integer, got {k!r}.")
+            forward_params["k"] = int(k)  # capped at the bank's size when used
         if return_neighbors is not None:
             postprocess_params["return_neighbors"] = bool(return_neighbors)
         if return_heatmap is not None or heatmap_grade is not None:
@@ -241,8 +258,11 @@ class RetinaScanPipeline(Pipeline):
         the config's `conformal_coverage`), `timeout`, `batch_size`, and `return_heatmap=True`, which adds to each
         gradable result `heatmap` (float32 array `[S, S]` in [0, 1], Grad-CAM of the decided grade, or of
         `heatmap_grade` when given, aligned with `image_processor.to_model_image(input)`) and `overlay` (that
-        cropped fundus as a PIL image with the heat map blended in).
+        cropped fundus as a PIL image with the heat map blended in). An empty list gives an empty list.
         """
+        if isinstance(inputs, (list, tuple)) and not inputs:
+            self._sanitize_parameters(**kwargs)  # bad options still raise
+            return []
         return super().__call__(inputs, **kwargs)
 
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
@@ -261,21 +281,24 @@ class RetinaScanPipeline(Pipeline):
 
     def preprocess(self, image, timeout: float | None = None) -> dict[str, Any]:
         size = self.image_processor.output_size
+        reason, error_type = "", ""
         try:
-            picture = self.image_processor.to_model_image(image, timeout=timeout)
-            pixel_values = torch.from_numpy(self.image_processor.normalize_image(picture)).unsqueeze(0)
-            error, error_type = "", ""
+            prepared = self.image_processor.prepare(image, timeout=timeout)
+            pixel_values = torch.from_numpy(self.image_processor.normalize_image(prepared.image)).unsqueeze(0)
+            if prepared.problems:
+                reason = f"{describe_input(image)} is not gradable: {'; '.join(prepared.problems)}."
+                error_type = LOW_QUALITY
         except Exception as exc:  # one bad input must not take the batch down: flag it instead
             pixel_values, error_type = torch.zeros(1, 3, size, size), type(exc).__name__
             # The processor's own errors (ValueError subclasses) already name the input. Matching on the base
             # class, not on RetinaScanInputError, matters: remote code may load processor and pipeline from
             # separately imported copies of the same file.
-            error = str(exc) if isinstance(exc, ValueError) else f"Could not process {describe_input(image)}: {exc}"
+            reason = str(exc) if isinstance(exc, ValueError) else f"Could not process {describe_input(image)}: {exc}"
         # `pixel_values` first: the pipeline's batch iterator reads the batch size off the first entry.
         return {
             "pixel_values": pixel_values,
             "valid": torch.tensor([not error_type]),
-            "error": error,
+            "reason": reason,
             "error_type": error_type,
         }
 
@@ -297,47 +320,73 @@ class RetinaScanPipeline(Pipeline):
         heatmap_grade: int | None = None,
     ) -> dict[str, Any]:
         mode = self._resolve_mode(mode)
+        bank, config = self.feature_bank, self.model.config
         valid = model_inputs["valid"].bool().cpu()
         pixel_values = model_inputs["pixel_values"]
         batch = valid.shape[0]
-        num_labels = self.model.config.num_labels
-        scores = torch.zeros(batch, num_labels)
+        reasons, error_types = list(_as_list(model_inputs["reason"])), list(_as_list(model_inputs["error_type"]))
+        k = min(k or config.knn_k, len(bank)) if bank is not None else 1  # never more neighbours than rows
+        scores = torch.zeros(batch, config.num_labels)
         grades = torch.zeros(batch, dtype=torch.long)
-        k = k or self.model.config.knn_k
+        ood_scores = torch.full((batch,), float("nan"))
         neighbor_idx = torch.full((batch, k), -1, dtype=torch.long)
         neighbor_sim = torch.zeros(batch, k)
         grade_set_bounds = torch.full((batch, 2), -1, dtype=torch.long)  # -1: no grade set
         extra = {}
         if valid.any():
+            rows = torch.nonzero(valid).flatten()
             # A boolean-mask copy of the pixels costs ~4 ms per 224-px image with 2 torch threads (aten::index,
             # profiled): skip it when every item is valid, the usual case.
             selected = pixel_values if bool(valid.all()) else pixel_values[valid.to(pixel_values.device)]
             inputs = selected.to(self.model.dtype)
             if return_heatmap:
-                decision, extra = self._explain(inputs, valid, mode, k, coverage, heatmap_grade)
+                decision, outputs, extra = self._explain(inputs, valid, mode, k, coverage, heatmap_grade)
             else:
                 outputs = self.model(pixel_values=inputs)
-                decision = decide(outputs, mode, self.model.config, self.feature_bank, k, coverage=coverage)
-            scores[valid], grades[valid] = decision.scores.float().cpu(), decision.grades.cpu()
+                decision = decide(outputs, mode, config, bank, k, coverage=coverage)
+            scores[rows], grades[rows] = decision.scores.float().cpu(), decision.grades.cpu()
             if decision.grade_sets is not None:
-                grade_set_bounds[valid] = decision.grade_sets.cpu()
+                grade_set_bounds[rows] = decision.grade_sets.cpu()
             neighbors = decision.neighbors
             if neighbors is not None:
                 width = neighbors.indices.shape[1]
-                neighbor_idx[valid, :width] = neighbors.indices.cpu()
-                neighbor_sim[valid, :width] = neighbors.similarities.float().cpu()
+                neighbor_idx[rows, :width] = neighbors.indices.cpu()
+                neighbor_sim[rows, :width] = neighbors.similarities.float().cpu()
+            ood = bank.ood_scores(outputs.image_features.float()) if bank is not None else None
+            if ood is not None:
+                ood_scores[rows] = ood.float().cpu()
+            finite = torch.isfinite(outputs.embeddings.float()).all(dim=-1).cpu() & torch.isfinite(scores[rows]).all(-1)
+            for row, row_finite in zip(rows.tolist(), finite.tolist(), strict=True):
+                problem = self._output_problem(row_finite, float(ood_scores[row]), config.ood_threshold)
+                if problem is not None:
+                    valid[row] = False
+                    error_types[row], reasons[row] = problem
         return {
             "scores": scores,
             "grade": grades,
             "valid": valid,
+            "ood_score": ood_scores,
             "neighbor_indices": neighbor_idx,
             "neighbor_similarities": neighbor_sim,
             "grade_set_bounds": grade_set_bounds,
             "mode": [mode] * batch,
-            "error": _as_list(model_inputs["error"]),
-            "error_type": _as_list(model_inputs["error_type"]),
+            "reason": reasons,
+            "error_type": error_types,
             **extra,
         }
+
+    @staticmethod
+    def _output_problem(finite: bool, ood_score: float, threshold: float | None) -> tuple[str, str] | None:
+        """`(error_type, reason)` when a model output must not become a grade: the last line of defence."""
+        if not finite or (not math.isnan(ood_score) and not math.isfinite(ood_score)):
+            return NON_FINITE_OUTPUT, "The model produced NaN or infinite values for this image; it was not graded."
+        if threshold is not None and ood_score > threshold:
+            return (
+                OUT_OF_DISTRIBUTION,
+                f"The image lies far from every training image (ood_score {ood_score:.2f} > {threshold:.2f}): "
+                "it does not look like a fundus photograph this model knows, so it was not graded.",
+            )
+        return None
 
     def _explain(
         self,
@@ -347,8 +396,9 @@ class RetinaScanPipeline(Pipeline):
         k: int,
         coverage: float | None,
         heatmap_grade: int | None,
-    ) -> tuple[GradeDecision, dict[str, torch.Tensor]]:
-        """Decision and Grad-CAM maps from one forward pass; maps (and the pixels they overlay) for every row."""
+    ) -> tuple[GradeDecision, RetinaScanOutput, dict[str, torch.Tensor]]:
+        """Decision, model outputs and Grad-CAM maps from one forward pass; maps (and the pixels they overlay) for
+        every row."""
         from .gradcam_retinascan import grad_cam
 
         explanation = grad_cam(
@@ -359,7 +409,7 @@ class RetinaScanPipeline(Pipeline):
         heatmaps[valid] = explanation.heatmaps.float().cpu()
         pixels = torch.zeros(valid.shape[0], 3, size, size)
         pixels[valid] = inputs.float().cpu()
-        return explanation.decision, {"heatmap": heatmaps, "heatmap_pixels": pixels}
+        return explanation.decision, explanation.outputs, {"heatmap": heatmaps, "heatmap_pixels": pixels}
 
     def postprocess(
         self,
@@ -383,26 +433,30 @@ class RetinaScanPipeline(Pipeline):
         return [{"label": self.model.config.id2label[grade], "score": score} for grade, score in ranked]
 
     def _describe(self, model_outputs: dict[str, Any], return_neighbors: bool) -> dict[str, Any]:
-        if not bool(model_outputs["valid"].reshape(-1)[0]):
-            return {
-                "grade": None,
-                "label": None,
-                "scores": None,
-                "referable": None,
-                "gradable": False,
-                "error": _first(model_outputs["error"]),
-                "error_type": _first(model_outputs["error_type"]),
-            }
-        grade = int(model_outputs["grade"].reshape(-1)[0])
+        ood_score = float(model_outputs["ood_score"].reshape(-1)[0])
         result = {
-            "grade": grade,
-            "label": self.model.config.id2label[grade],
-            "scores": [float(value) for value in model_outputs["scores"].reshape(-1)],
-            "referable": grade >= self.model.config.referable_grade,
+            "grade": None,
+            "label": None,
+            "scores": None,
+            "referable": None,
             "mode": _first(model_outputs["mode"]),
-            "gradable": True,
-            "grade_set": _grade_set(model_outputs["grade_set_bounds"].reshape(-1).tolist()),
+            "gradable": bool(model_outputs["valid"].reshape(-1)[0]),
+            "grade_set": None,
+            "ood_score": ood_score if math.isfinite(ood_score) else None,
+            "reason": None,
+            "error_type": None,
         }
+        if not result["gradable"]:
+            result["reason"], result["error_type"] = (
+                _first(model_outputs["reason"]),
+                _first(model_outputs["error_type"]),
+            )
+            return result
+        grade = int(model_outputs["grade"].reshape(-1)[0])
+        result["grade"], result["label"] = grade, self.model.config.id2label[grade]
+        result["scores"] = [float(value) for value in model_outputs["scores"].reshape(-1)]
+        result["referable"] = grade >= self.model.config.referable_grade
+        result["grade_set"] = _grade_set(model_outputs["grade_set_bounds"].reshape(-1).tolist())
         if return_neighbors and result["mode"] == "knn":
             result["neighbors"] = self._describe_neighbors(
                 model_outputs["neighbor_indices"].reshape(-1),

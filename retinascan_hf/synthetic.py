@@ -8,6 +8,11 @@ the bank) without any real data, and a model can learn them, but nothing learned
 `synthetic_corpus` packs them into rows that look exactly like `retinascan data build` output (`image`,
 `grade` ClassLabel, `source`, `image_id`, `patient_id`, `eye`), so everything downstream of the corpus is
 exercised unchanged; the images are embedded (PNG), so a saved corpus is self-contained.
+
+`render_non_fundus` draws the opposite: pictures a careless user or an attacker might send instead of a fundus
+photograph (noise, flat colours, checkerboards, gradients, text documents, natural-like scenes, colour
+blobs, a plain orange disc, and harder variants masked to a round field of view on black). They measure
+how often the pipeline's gradability checks flag what must not be graded.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .atomic_io import atomic_directory
 from .corpus import corpus_features
@@ -140,10 +145,168 @@ def save_synthetic_corpus(
     return corpus
 
 
+def _random_colour(rng: np.random.Generator, low: int = 0, high: int = 256) -> tuple[int, int, int]:
+    return tuple(int(value) for value in rng.integers(low, high, size=3))
+
+
+def _noise(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    if rng.random() < 0.5:
+        return Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+    pixels = rng.normal(rng.uniform(60, 200), rng.uniform(15, 60), size=(height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _flat(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    return Image.new("RGB", (width, height), _random_colour(rng))
+
+
+def _checkerboard(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    tile = int(rng.integers(4, max(5, min(width, height) // 3)))
+    yy, xx = np.mgrid[0:height, 0:width]
+    odd = ((yy // tile + xx // tile) % 2).astype(bool)
+    pixels = np.where(odd[..., None], _random_colour(rng), _random_colour(rng)).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _linear_gradient(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    ramp = xx / width * np.cos(angle) + yy / height * np.sin(angle)
+    ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
+    start, end = np.array(_random_colour(rng), np.float32), np.array(_random_colour(rng), np.float32)
+    return Image.fromarray((start + ramp[..., None] * (end - start)).astype(np.uint8))
+
+
+def _radial_gradient(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    centre = (width * rng.uniform(0.3, 0.7), height * rng.uniform(0.3, 0.7))
+    distance = np.hypot(xx - centre[0], yy - centre[1]) / (0.6 * max(width, height))
+    glow = np.clip(1.0 - distance, 0, 1)[..., None] ** rng.uniform(0.5, 2.0)
+    return Image.fromarray((glow * np.array(_random_colour(rng, 128), np.float32)).astype(np.uint8))
+
+
+def _text_document(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    image = Image.new("RGB", (width, height), _random_colour(rng, 215))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(8, int(height * rng.uniform(0.03, 0.06))))
+    words = ["retina", "patient", "report", "the", "of", "screening", "grade", "date", "signed", "clinic", "and"]
+    line_height = int(font.size * 1.5)
+    for top in range(int(height * 0.06), height - line_height, line_height):
+        line = " ".join(rng.choice(words, size=int(rng.integers(3, 12))))
+        draw.text((int(width * 0.06), top), line, fill=_random_colour(rng, 0, 90), font=font)
+    return image
+
+
+def _natural_scene(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """Sky, hills, a sun, trees and texture: the statistics of an outdoor photograph, not its content."""
+    horizon = int(height * rng.uniform(0.35, 0.7))
+    sky_top, sky_bottom = np.array(_random_colour(rng, 60, 200)), np.array(_random_colour(rng, 120, 256))
+    rows = np.linspace(0, 1, horizon)[:, None, None]
+    pixels = np.zeros((height, width, 3), np.float32)
+    pixels[:horizon] = sky_top + rows * (sky_bottom - sky_top)
+    pixels[horizon:] = _random_colour(rng, 20, 160)
+    image = Image.fromarray(pixels.astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    sun = (rng.uniform(0, width), rng.uniform(0, horizon), rng.uniform(0.03, 0.08) * width)
+    draw.ellipse([sun[0] - sun[2], sun[1] - sun[2], sun[0] + sun[2], sun[1] + sun[2]], fill=_random_colour(rng, 180))
+    for _ in range(int(rng.integers(2, 5))):  # hills
+        xs = np.sort(rng.uniform(0, width, 6))
+        outline = [(0, height), *[(x, horizon - rng.uniform(0, 0.25) * height) for x in xs], (width, height)]
+        draw.polygon(outline, fill=_random_colour(rng, 10, 150))
+    for _ in range(int(rng.integers(3, 15))):  # trees: trunk and crown
+        x, base = rng.uniform(0, width), rng.uniform(horizon, height)
+        crown = rng.uniform(0.03, 0.1) * height
+        draw.rectangle([x - crown / 6, base - 2 * crown, x + crown / 6, base], fill=_random_colour(rng, 30, 110))
+        draw.ellipse([x - crown, base - 3 * crown, x + crown, base - crown], fill=_random_colour(rng, 0, 140))
+    texture = rng.normal(0, rng.uniform(4, 14), size=(height, width, 3))
+    return Image.fromarray(np.clip(np.asarray(image, np.float32) + texture, 0, 255).astype(np.uint8))
+
+
+def _colour_blobs(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    background = (0, 0, 0) if rng.random() < 0.5 else _random_colour(rng)
+    image = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(3, 12))):
+        x, y = rng.uniform(0, width), rng.uniform(0, height)
+        rx, ry = rng.uniform(0.05, 0.3) * width, rng.uniform(0.05, 0.3) * height
+        draw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=_random_colour(rng))
+    return image.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0, 0.02) * width))
+
+
+def _orange_disc(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    image = Image.new("RGB", (width, height), (0, 0, 0))
+    radius = min(width, height) * rng.uniform(0.35, 0.48)
+    cx, cy = width / 2, height / 2
+    colour = (int(rng.integers(180, 230)), int(rng.integers(70, 110)), int(rng.integers(20, 50)))
+    ImageDraw.Draw(image).ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=colour)
+    return image
+
+
+def _in_round_field(draw_full_frame):
+    """A full-frame picture masked to a centred disc on black: what defeats a field-of-view check on its own."""
+
+    def draw(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+        picture = draw_full_frame(rng, width, height)
+        mask = Image.new("L", (width, height), 0)
+        radius = min(width, height) * rng.uniform(0.4, 0.5)
+        cx, cy = width / 2, height / 2
+        ImageDraw.Draw(mask).ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=255)
+        return Image.composite(picture, Image.new("RGB", (width, height), (0, 0, 0)), mask)
+
+    return draw
+
+
+# Kinds the issue lists (what a careless user sends), then harder kinds that copy a fundus frame's layout.
+_NON_FUNDUS_PAINTERS = {
+    "noise": _noise,
+    "flat_colour": _flat,
+    "checkerboard": _checkerboard,
+    "linear_gradient": _linear_gradient,
+    "radial_gradient": _radial_gradient,
+    "text_document": _text_document,
+    "natural_scene": _natural_scene,
+    "colour_blobs": _colour_blobs,
+    "orange_disc": _orange_disc,
+    "noise_in_round_field": _in_round_field(_noise),
+    "text_in_round_field": _in_round_field(_text_document),
+    "scene_in_round_field": _in_round_field(_natural_scene),
+}
+NON_FUNDUS_KINDS: tuple[str, ...] = tuple(_NON_FUNDUS_PAINTERS)[:9]
+HARD_NON_FUNDUS_KINDS: tuple[str, ...] = tuple(_NON_FUNDUS_PAINTERS)[9:]
+
+
+def render_non_fundus(
+    kind: str, rng: np.random.Generator | None = None, size: tuple[int, int] | None = None
+) -> Image.Image:
+    """One RGB picture that is *not* a fundus photograph, of one of `NON_FUNDUS_KINDS + HARD_NON_FUNDUS_KINDS`.
+
+    `size` is `(width, height)`; by default a random size between 96 and 512 px with a photographic aspect ratio.
+    """
+    if kind not in _NON_FUNDUS_PAINTERS:
+        raise ValueError(f"kind must be one of {tuple(_NON_FUNDUS_PAINTERS)}, got {kind!r}.")
+    rng = rng if rng is not None else np.random.default_rng()
+    if size is None:
+        height = int(rng.integers(96, 513))
+        size = (int(height * rng.choice([1.0, 4 / 3, 3 / 2])), height)
+    return _NON_FUNDUS_PAINTERS[kind](rng, *size)
+
+
+def non_fundus_set(
+    per_kind: int, kinds: Sequence[str] = NON_FUNDUS_KINDS, seed: int = 0
+) -> list[tuple[str, Image.Image]]:
+    """`per_kind` pictures of each kind, `(kind, image)` pairs, reproducible for a given `seed`."""
+    rng = np.random.default_rng(seed)
+    return [(kind, render_non_fundus(kind, rng)) for kind in kinds for _ in range(per_kind)]
+
+
 __all__ = [
     "DEFAULT_GRADE_COUNTS",
+    "HARD_NON_FUNDUS_KINDS",
+    "NON_FUNDUS_KINDS",
     "SOURCE",
+    "non_fundus_set",
     "render_fundus",
+    "render_non_fundus",
     "save_synthetic_corpus",
     "synthetic_corpus",
     "synthetic_fundus_set",

@@ -19,11 +19,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from benchmarks.eyepacs import train_tiny_on_eyepacs
 from benchmarks.timing import machine_summary
 from retinascan_hf.atomic_io import write_json_atomically
-from retinascan_hf.corpus import build_corpus
-from retinascan_hf.training import run_training
-from retinascan_hf.training.config import TrainingConfig
 
 
 def main() -> None:
@@ -33,17 +31,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("benchmarks/eyepacs256_tiny_backbone.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        build_corpus({"eyepacs": args.data}, Path(work) / "corpus", num_proc=2, progress=False)
-        config = TrainingConfig(
-            data=str(Path(work) / "corpus"),
-            output_dir=str(Path(work) / "run"),
-            cache_dir=str(Path(work) / "cache"),
-            backbone="tiny",
-            tiny_image_size=args.tiny_image_size,
-            cpu=True,
-            progress=False,
-        )
-        metrics = run_training(config).metrics
+        metrics = train_tiny_on_eyepacs(args.data, Path(work), image_size=args.tiny_image_size).metrics
     test = metrics["evaluation"]["test"]
     summary = {
         "machine": machine_summary(),

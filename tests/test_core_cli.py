@@ -35,7 +35,7 @@ def test_grade_command_prints_one_json_line_per_image(model_dir, fundus_images, 
     assert main(["grade", str(model_dir), str(good), str(tmp_path / "missing.png"), "--mode", "ordinal"]) == 1
     lines = [json.loads(text) for text in capsys.readouterr().out.strip().splitlines()]
     assert [entry["gradable"] for entry in lines] == [True, False]
-    assert lines[0]["mode"] == "ordinal" and "missing.png" in lines[1]["error"]
+    assert lines[0]["mode"] == "ordinal" and "missing.png" in lines[1]["reason"]
 
 
 def test_grade_accepts_the_training_runs_folder(model_dir, fundus_images, tmp_path, capsys):

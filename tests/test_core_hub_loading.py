@@ -126,6 +126,7 @@ def test_saved_folder_declares_remote_code(model_dir):
         "image_processing_retinascan.py",
         "pipeline_retinascan.py",
         "feature_bank.py",
+        "validation_retinascan.py",
     ):
         source = (model_dir / name).read_text()
         assert not re.search(r"^\s*(from|import)\s+retinascan_hf", source, re.M), f"{name}: relative imports only"

@@ -89,8 +89,8 @@ def test_bad_items_are_flagged_and_the_rest_still_graded(grader, fundus_images, 
     for index, error_type in ((1, "InvalidImageError"), (2, "NoFundusFoundError"), (4, "InvalidImageError")):
         assert results[index]["gradable"] is False and results[index]["grade"] is None
         assert results[index]["error_type"] == error_type
-    assert "corrupt.jpg" in results[1]["error"]
-    assert "No visible fundus" in results[2]["error"]
+    assert "corrupt.jpg" in results[1]["reason"]
+    assert "No visible fundus" in results[2]["reason"]
 
 
 @pytest.mark.parametrize("mode", ["knn", "ordinal", "prototype"])
@@ -163,8 +163,8 @@ def test_url_inputs_are_fetched_and_http_errors_flagged(grader, fundus_images, t
     finally:
         server.shutdown()
     assert results[0]["grade"] == grader(str(tmp_path / "fundus.png"))["grade"] == 4
-    assert results[1]["gradable"] is False and results[1]["error_type"] == "InvalidImageError"
-    assert "missing.png" in results[1]["error"]
+    assert results[1]["gradable"] is False and results[1]["error_type"] == "ImageDownloadError"
+    assert "missing.png" in results[1]["reason"]
 
 
 def test_bank_comes_from_the_same_revision_as_the_weights(model_dir, tmp_path, fundus_images):

@@ -1,4 +1,4 @@
-"""RetinaScanImageProcessor: input kinds and PIL modes, fundus cropping, JPEG draft decoding, bad input."""
+"""RetinaScanImageProcessor: input kinds and PIL modes, fundus cropping, reduced decoding, bad input."""
 
 from __future__ import annotations
 
@@ -140,12 +140,12 @@ def test_exif_orientation_is_honoured(tmp_path):
     assert top < 20 and bottom < 110  # after transposing, the disc sits at the top
 
 
-def test_large_jpeg_is_decoded_in_draft_mode(tmp_path):
+def test_large_jpeg_is_reduced_to_about_twice_the_output_size(tmp_path):
     path = tmp_path / "camera.jpg"
     disc_image(width=3000, height=2000, centre=(1500, 1000), radius=950).save(path, quality=80)
     processor = RetinaScanImageProcessor(size=224)
     decoded = processor.load(path)
-    assert min(decoded.size) >= 2 * 224 and decoded.size[0] <= 3000 // 2  # scaled by the JPEG decoder
+    assert decoded.size == (3000 // 4, 2000 // 4)  # box-reduced by the largest factor keeping 448 px
     assert processor.to_model_image(path).size == (224, 224)
 
 

@@ -26,7 +26,7 @@ def test_explain_writes_panels_and_records(model_dir, fundus_images, tmp_path, c
     assert printed == [json.loads(line) for line in (out / RECORDS_NAME).read_text().splitlines()]
     assert [r["gradable"] for r in printed] == [True, True, False]
     assert [r["grade"] for r in printed[:2]] == [4, 1] and printed[0]["mode"] == "knn"
-    assert printed[0]["heatmap_grade"] == 4 and "missing.png" in printed[2]["error"] and "panel" not in printed[2]
+    assert printed[0]["heatmap_grade"] == 4 and "missing.png" in printed[2]["reason"] and "panel" not in printed[2]
     assert {p.name for p in out.iterdir()} == {"eye.gradcam.png", "eye-2.gradcam.png", RECORDS_NAME}
     panel = np.asarray(Image.open(printed[0]["panel"]).convert("RGB"))
     assert panel.shape == (64 + 20, 3 * 64, 3)

@@ -122,3 +122,18 @@ def test_end_to_end_fine_tuning_with_layerwise_decay(tmp_path, corpus):
     learning_rates = [group["initial_lr"] for group in result.trainer.optimizer.param_groups]
     assert learning_rates == sorted(learning_rates) and learning_rates[0] < learning_rates[-1]
     assert RetinaScanModel.from_pretrained(result.model_dir).config.freeze_backbone is False
+
+
+def test_training_writes_a_model_card_from_its_own_numbers(result):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(result.model_dir / "README.md")
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "image-classification"
+    qwk = next(
+        m["value"] for m in data["model-index"][0]["results"][0]["metrics"] if m["type"] == "quadratic_weighted_kappa"
+    )
+    assert qwk == pytest.approx(result.metrics["evaluation"]["test"]["knn"]["qwk"], abs=1e-4)
+    assert "not a medical device" in card.text and "feature_bank.safetensors" in card.text
+    assert "| synthetic |" not in card.text  # a synthetic corpus has no build report: the card says so instead
+    assert "build report was not available" in card.text

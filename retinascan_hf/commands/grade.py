@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "grade",
         help="Grade fundus photographs with a saved RetinaScan model.",
-        description="Print one JSON line per image: grade, label, scores, referable, mode, gradable (and error, "
-        "error_type for an image that could not be graded).",
+        description="Print one JSON line (strict JSON: never NaN) per image: grade, label, scores, referable, mode, "
+        "gradable, ood_score, reason and error_type (the last two say why an image was not graded).",
         epilog=f"exit status: 0 every image graded; {EXIT_UNGRADABLE} all images processed but at least one was "
         "ungradable (its line has gradable: false and the reason); 2 an error stopped the command (one line on "
         "stderr).",
@@ -92,5 +94,16 @@ def run(args: argparse.Namespace) -> int:
     options = {key: value for key, value in (("mode", args.mode), ("k", args.k)) if value is not None}
     results = grader(args.images, batch_size=args.batch_size, **options)
     for image, result in zip(args.images, results, strict=True):
-        print(json.dumps({"image": image, **result}))
+        print(json.dumps(json_safe({"image": image, **result}), allow_nan=False))
     return 0 if all(result["gradable"] for result in results) else EXIT_UNGRADABLE
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by `None`: strict JSON has no NaN, and consumers choke on it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value

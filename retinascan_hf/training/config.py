@@ -146,6 +146,11 @@ class TrainingConfig:
         help="threshold tuning first lifts every grade's validation recall to at least this much (as far as the "
         "ordering of the cut-points allows), then maximises QWK; 0 maximises QWK alone",
     )
+    ood_quantile: float = _option(
+        0.99,
+        help="the model's ood_threshold is this quantile of the validation images' OOD scores, so about "
+        "1 - ood_quantile of in-distribution images are flagged as out of distribution",
+    )
     progress: bool = _option(True, help="show progress bars (main process only); --no-progress hides every bar")
 
     def __post_init__(self) -> None:
@@ -166,6 +171,8 @@ class TrainingConfig:
             raise ValueError(f"log_with must list trackers among {TRACKERS}, got {unknown_trackers}.")
         if not 0 <= self.warmup_epochs <= self.num_epochs:
             raise ValueError(f"warmup_epochs must lie in [0, num_epochs], got {self.warmup_epochs}.")
+        if not 0 < self.ood_quantile <= 1:
+            raise ValueError(f"ood_quantile must lie in (0, 1], got {self.ood_quantile}.")
         if not 0 <= self.min_grade_recall <= 1:
             raise ValueError(f"min_grade_recall must lie in [0, 1], got {self.min_grade_recall}.")
 

@@ -18,15 +18,17 @@ from accelerate import Accelerator
 from transformers.utils import CONFIG_NAME
 
 from ..atomic_io import atomic_directory
-from ..feature_bank import FeatureBank
+from ..feature_bank import FeatureBank, OODReference
 from ..image_processing_retinascan import RetinaScanImageProcessor
 from ..metrics.plots import save_confusion_matrix
 from ..modeling_retinascan import RetinaScanModel
+from ..release.card import write_training_card
 from .calibration import CalibrationResult, calibrate
 from .checkpointing import load_best_weights
 from .config import TrainingConfig
 from .conformal import ConformalResult, fit_conformal
 from .evaluation import evaluate_modes, head_outputs
+from .ood import OODCalibration, fit_ood_threshold, flagged_fraction
 from .splits import TrainingSplit
 
 MODEL_DIR_NAME = "model"
@@ -35,8 +37,10 @@ CONFUSION_MATRIX_NAME = "confusion_matrix.png"
 
 
 def build_feature_bank(model: RetinaScanModel, train: TrainingSplit, batch_size: int) -> FeatureBank:
-    """Embeddings of the un-augmented training images under the final heads, with grades, ids and sources."""
-    embeddings = head_outputs(model, train.view_features(model), batch_size).embeddings
+    """Embeddings of the un-augmented training images under the final heads, with grades, ids and sources, and
+    the OOD reference: the backbone's image embeddings of (a sample of) the same images."""
+    features = train.view_features(model)
+    embeddings = head_outputs(model, features, batch_size).embeddings
     return FeatureBank(
         embeddings,
         train.grades.cpu(),
@@ -44,6 +48,7 @@ def build_feature_bank(model: RetinaScanModel, train: TrainingSplit, batch_size:
         image_ids=train.image_ids,
         num_labels=model.config.num_labels,
         config_hash=model.config.embedding_hash(),
+        ood_reference=OODReference.sample(features.float().cpu()),
     )
 
 
@@ -60,6 +65,21 @@ def calibrate_model(model: RetinaScanModel, validation: TrainingSplit, config: T
     )
     result.apply(model.config)
     return result
+
+
+def calibrate_ood(
+    model: RetinaScanModel, bank: FeatureBank, splits: dict[str, TrainingSplit], config: TrainingConfig
+) -> dict[str, Any] | None:
+    """Fit the OOD threshold on the validation images' backbone features, write it into `model.config`, and
+    report the fraction of each evaluated split it flags (the in-distribution price of the check); `None` if it
+    cannot be fitted."""
+    features = {name: split.view_features(model) for name, split in splits.items() if name != "train" and len(split)}
+    calibration: OODCalibration | None = fit_ood_threshold(bank, features["validation"], config.ood_quantile)
+    if calibration is None:
+        return None
+    calibration.apply(model)
+    flagged = {name: flagged_fraction(bank, values, calibration.threshold) for name, values in features.items()}
+    return {**calibration.to_dict(), "flagged_fraction": flagged}
 
 
 def calibrate_grade_sets(
@@ -98,6 +118,7 @@ def finalize(
     used_best = load_best_weights(model, output_dir / "best")
     calibration = calibrate_model(model, splits["validation"], config)
     bank = build_feature_bank(model, splits["train"], config.eval_batch_size)
+    ood = calibrate_ood(model, bank, splits, config)
     # Conformal grade sets: last of the calibrations, as it measures the final decisions.
     conformal = calibrate_grade_sets(model, splits["validation"], bank, config)
     evaluation = {
@@ -110,6 +131,7 @@ def finalize(
         **report,
         "best_weights_used": used_best,
         "calibration": calibration.to_dict(),
+        "ood": ood,
         "conformal": {"calibration_size": conformal.calibration_size, "coverage": model.config.conformal_coverage},
         "evaluation": evaluation,
         "model_dir": str(model_dir),
@@ -121,6 +143,7 @@ def finalize(
             model.save_pretrained(staging)
             processor.save_pretrained(staging)
             bank.save_pretrained(staging)
+            write_training_card(staging, model.config, metrics, data_dir=config.data, backbone=config.backbone)
         if "test" in evaluation:
             knn = evaluation["test"]["knn"]
             metrics["confusion_matrix_png"] = save_confusion_matrix(
@@ -139,6 +162,7 @@ __all__ = [
     "build_feature_bank",
     "calibrate_grade_sets",
     "calibrate_model",
+    "calibrate_ood",
     "finalize",
     "majority_baseline",
 ]

@@ -22,7 +22,8 @@ def freeze_unused_towers(model: RetinaScanModel) -> None:
     image tower is fine-tuned, these parameters would get no gradient, and DDP refuses unused parameters.
     """
     for module in (model.clip.text_model, model.clip.text_projection):
-        module.requires_grad_(False)
+        if module is not None:  # a model released without its text tower (config.text_tower=False)
+            module.requires_grad_(False)
     model.clip.logit_scale.requires_grad_(False)
 
 

@@ -106,7 +106,11 @@ def _quickstart(output_dir: Path, seed: int, progress: bool, log: Callable[[str]
     predictions = grader(list(test["image"]))
     log(f"[4/4] pipeline('retinascan', model={result.model_dir}) on {IMAGES_TO_GRADE} test images:")
     for truth, prediction in zip(test["grade"], predictions, strict=True):
-        log(f"      true grade {truth} -> {prediction['grade']} ({prediction['label']}; mode {prediction['mode']})")
+        if prediction["gradable"]:
+            outcome = f"{prediction['grade']} ({prediction['label']}; mode {prediction['mode']})"
+        else:
+            outcome = f"not graded ({prediction['error_type']}: {prediction['reason']})"
+        log(f"      true grade {truth} -> {outcome}")
 
     seconds = time.perf_counter() - started
     log(f"Done in {seconds:.0f} s. Outputs in {output_dir}:")

@@ -1,0 +1,154 @@
+"""How often the pipeline's gradability checks flag what must not be graded, and what they cost real photos.
+
+Rates are counted on `pipeline("retinascan")` results (`gradable`, `error_type`), for two models, both a
+random tiny CLIP with trained heads, trained here in a temporary folder:
+
+- the quickstart model (`retinascan quickstart`: synthetic fundus images, 64 px). Non-fundus pictures
+  (`synthetic.render_non_fundus`) flagged, per kind and per check; its own synthetic test split flagged
+  (the in-distribution price). Real photos graded by it are flagged too, as they should be: it has never
+  seen a real photograph, so its embedding check calls them out of distribution. That rate is recorded, but
+  the honest false-positive rates for real photos are the next two.
+- the image-quality check alone (processor only, no model) on every real photo: what any model pays.
+- an EyePACS model (the 2,709 real eyepacs-256 photos, split by patient, 128 px): both checks on its test
+  split (patients it never saw), on the 10 camera originals, and on the non-fundus pictures.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from retinascan_hf import RetinaScanImageProcessor, load_pipeline
+from retinascan_hf.synthetic import HARD_NON_FUNDUS_KINDS, NON_FUNDUS_KINDS, non_fundus_set
+from retinascan_hf.training.quickstart import quickstart
+
+from .eyepacs import train_tiny_on_eyepacs
+from .timing import machine_summary
+
+
+def flag_rate(flags: Sequence[str | None]) -> dict[str, Any]:
+    """`flags` holds, per image, the `error_type` that stopped its grading or `None` when it was graded."""
+    flagged = [flag for flag in flags if flag is not None]
+    return {
+        "flagged": len(flagged),
+        "total": len(flags),
+        "rate": len(flagged) / len(flags) if flags else None,
+        "by_check": dict(Counter(flagged).most_common()),
+    }
+
+
+def pipeline_flags(grader, inputs: Sequence[Any], batch_size: int = 16) -> list[str | None]:
+    return [None if r["gradable"] else r["error_type"] for r in grader(list(inputs), batch_size=batch_size)]
+
+
+def quality_flags(processor: RetinaScanImageProcessor, paths: Sequence[Path]) -> tuple[list[str | None], Counter]:
+    """The image-quality check alone: `"LowQuality"` (or the input error) per photo, and the problems named."""
+    flags, problems = [], Counter()
+    for path in paths:
+        try:
+            found = processor.prepare(path).problems
+        except ValueError as error:
+            flags.append(type(error).__name__)
+            continue
+        problems.update(problem.split(" (")[0] for problem in found)
+        flags.append("LowQuality" if found else None)
+    return flags, problems
+
+
+def non_fundus_rates(grader, per_kind: int, seed: int) -> dict[str, Any]:
+    """Flag rates over the issue's non-fundus kinds, over the harder disc-shaped kinds, and per kind."""
+    pictures = non_fundus_set(per_kind, NON_FUNDUS_KINDS + HARD_NON_FUNDUS_KINDS, seed=seed)
+    flags = pipeline_flags(grader, [image for _, image in pictures])
+    by_kind: dict[str, list[str | None]] = {}
+    for (kind, _), flag in zip(pictures, flags, strict=True):
+        by_kind.setdefault(kind, []).append(flag)
+    return {
+        "listed_kinds": flag_rate([flag for kind in NON_FUNDUS_KINDS for flag in by_kind[kind]]),
+        "disc_shaped_kinds": flag_rate([flag for kind in HARD_NON_FUNDUS_KINDS for flag in by_kind[kind]]),
+        "per_kind": {kind: flag_rate(values) for kind, values in by_kind.items()},
+    }
+
+
+def run_gradability_benchmark(
+    real_data: Path, per_kind: int = 40, seed: int = 0, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    eyepacs = sorted((real_data / "eyepacs-256" / "train").glob("*.jpeg"))
+    originals = sorted((real_data / "eyepacs-originals" / "train").glob("*.jpeg"))
+    seconds: dict[str, float] = {}
+    summary: dict[str, Any] = {"machine": machine_summary(), "per_kind": per_kind, "seed": seed}
+    with tempfile.TemporaryDirectory() as work:
+        started = time.perf_counter()
+        trained = quickstart(Path(work) / "quickstart", seed=seed, progress=False, log=lambda _: None)
+        grader = load_pipeline(trained.model_dir)
+        test = datasets.load_from_disk(str(trained.corpus_dir))["test"]
+        summary["quickstart"] = {
+            "ood_threshold": grader.model.config.ood_threshold,
+            "non_fundus": non_fundus_rates(grader, per_kind, seed),
+            "synthetic_test_split": flag_rate(pipeline_flags(grader, list(test["image"]))),
+            "real_photos_all_checks": flag_rate(pipeline_flags(grader, [str(p) for p in eyepacs + originals])),
+        }
+        seconds["quickstart"] = time.perf_counter() - started
+        log(f"quickstart model done in {seconds['quickstart']:.0f} s")
+
+        started = time.perf_counter()
+        processor = RetinaScanImageProcessor()
+        eyepacs_flags, eyepacs_problems = quality_flags(processor, eyepacs)
+        original_flags, original_problems = quality_flags(processor, originals)
+        summary["quality_check_only"] = {
+            "eyepacs_256": flag_rate(eyepacs_flags),
+            "eyepacs_originals": flag_rate(original_flags),
+            "problems": dict((eyepacs_problems + original_problems).most_common()),
+        }
+        seconds["quality_check_only"] = time.perf_counter() - started
+        log(f"quality check on {len(eyepacs) + len(originals)} real photos done")
+
+        started = time.perf_counter()
+        result = train_tiny_on_eyepacs(real_data / "eyepacs-256", Path(work) / "eyepacs", image_size=128)
+        grader = load_pipeline(result.model_dir)
+        corpus_test = datasets.load_from_disk(str(Path(work) / "eyepacs" / "corpus"))["test"]
+        summary["eyepacs_model"] = {
+            "ood_threshold": grader.model.config.ood_threshold,
+            "ood_calibration": result.metrics["ood"],
+            "test_split": flag_rate(pipeline_flags(grader, list(corpus_test["image"]))),
+            "eyepacs_originals": flag_rate(pipeline_flags(grader, [str(p) for p in originals])),
+            "non_fundus": non_fundus_rates(grader, per_kind, seed),
+        }
+        seconds["eyepacs_model"] = time.perf_counter() - started
+    summary["seconds"] = seconds
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A table of flag rates: what should be flagged (non-fundus) next to what should not (real fundus)."""
+
+    def row(name: str, rate: dict[str, Any]) -> str:
+        checks = ", ".join(f"{check} {count}" for check, count in rate["by_check"].items())
+        return f"  {name:<44} {rate['flagged']:>5}/{rate['total']:<5} {100 * rate['rate']:6.1f}%  {checks}"
+
+    quick, quality, real = summary["quickstart"], summary["quality_check_only"], summary["eyepacs_model"]
+    lines = ["should be flagged (non-fundus pictures):"]
+    for label, model in (("quickstart model", quick), ("EyePACS model", real)):
+        lines.append(row(f"{label}, listed kinds", model["non_fundus"]["listed_kinds"]))
+        lines.append(row(f"{label}, disc-shaped kinds", model["non_fundus"]["disc_shaped_kinds"]))
+    lines.append("should be graded (fundus photographs):")
+    lines.append(row("quickstart model, its synthetic test split", quick["synthetic_test_split"]))
+    lines.append(row("quality check only, eyepacs-256", quality["eyepacs_256"]))
+    lines.append(row("quality check only, camera originals", quality["eyepacs_originals"]))
+    lines.append(row("EyePACS model, its test split", real["test_split"]))
+    lines.append(row("EyePACS model, camera originals", real["eyepacs_originals"]))
+    lines.append("not meaningful (a synthetic-only model on real photos):")
+    lines.append(row("quickstart model, all real photos", quick["real_photos_all_checks"]))
+    lines.append("per non-fundus kind (quickstart model | EyePACS model):")
+    for kind, rate in quick["non_fundus"]["per_kind"].items():
+        other = real["non_fundus"]["per_kind"][kind]
+        lines.append(f"  {kind:<24} {100 * rate['rate']:6.1f}% | {100 * other['rate']:6.1f}%")
+    return "\n".join(lines)
+
+
+__all__ = ["flag_rate", "format_summary", "non_fundus_rates", "run_gradability_benchmark"]
