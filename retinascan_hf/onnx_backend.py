@@ -317,6 +317,21 @@ def _check_fresh(record: OnnxExportRecord, config: RetinaScanConfig, source: str
         )
 
 
+def check_export(pretrained_model_name_or_path: str | os.PathLike, **hub_kwargs) -> OnnxExportRecord:
+    """The export record of a model folder (or Hub repo), after the checks loading makes: every recorded variant's
+    graph is there with its recorded size, and the export was made from the current weights and config.
+
+    Raises [`OnnxExportMissingError`] or [`StaleOnnxExportError`] (each with the command that fixes it).
+    """
+    source = str(pretrained_model_name_or_path)
+    config = RetinaScanConfig.from_pretrained(source, **hub_kwargs)
+    record, _ = _resolve_export(source, "fp32", None, hub_kwargs)  # every export holds fp32 (int8 derives from it)
+    for variant in record.variants:
+        _resolve_export(source, variant, None, hub_kwargs)
+    _check_fresh(record, config, source, hub_kwargs)
+    return record
+
+
 def _make_session(model_path: str, num_threads: int | None) -> Any:
     ort = import_onnxruntime()
     options = ort.SessionOptions()
@@ -363,6 +378,7 @@ __all__ = [
     "OnnxExportRecord",
     "RetinaScanOnnxModel",
     "StaleOnnxExportError",
+    "check_export",
     "graph_settings",
     "import_onnxruntime",
     "resolve_weight_files",

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic_io import atomic_directory, write_json_atomically
+from .atomic_io import atomic_directory, record_nested, write_json_atomically
 from .image_processing_retinascan import RetinaScanImageProcessor
 from .modeling_retinascan import RetinaScanModel
 from .onnx_backend import (
@@ -283,6 +283,10 @@ def export_onnx(
                 f"The fp32 ONNX graph differs from torch by {worst:.3g} (> {FP32_TOLERANCE}); not saved."
             )
         write_json_atomically(staging / EXPORT_CONFIG_NAME, record.to_json())
+    if target.absolute().parent == model_dir.absolute():
+        # A model folder that training wrote lists what it holds: the export becomes part of it, so a later
+        # training run may still replace the folder (and the export, made from the old weights, goes with it).
+        record_nested(model_dir, target)
     return record
 
 

@@ -273,3 +273,26 @@ def test_grad_cam_is_refused_on_the_onnx_backend(exported_dir, fundus_images):
     grader = load_pipeline(exported_dir, backend="onnx", onnx_variant="fp32")
     with pytest.raises(ValueError, match="backend='torch'"):
         grader(fundus_images[0], return_heatmap=True)
+
+
+def test_a_training_export_still_replaces_a_model_folder_holding_an_onnx_export(tmp_path):
+    """Before: training writes `model/` with a manifest of its files; `export-onnx` added `model/onnx/`, which the
+    manifest did not list, so the next training run into the same folder refused to replace it."""
+    from transformers.utils import CONFIG_NAME
+
+    from retinascan_hf.atomic_io import atomic_directory
+    from retinascan_hf.tiny_clip import random_retinascan
+
+    model_dir = tmp_path / "run" / "model"
+
+    def train_and_export(seed: int) -> None:  # what training's finalize writes
+        model, processor = random_retinascan(seed=seed)
+        with atomic_directory(model_dir, marker=CONFIG_NAME) as staging:
+            model.save_pretrained(staging)
+            processor.save_pretrained(staging)
+
+    train_and_export(0)
+    assert main(["export-onnx", "--model", str(model_dir)]) == 0
+    train_and_export(1)  # the export, made from the old weights, goes with them
+    assert not (model_dir / "onnx").exists()
+    assert sorted(path.name for path in model_dir.parent.iterdir()) == ["model"]
