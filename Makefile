@@ -43,6 +43,4 @@ test: install lint
 	$(PY) -m pytest -q
 
 benchmark: install
-	$(PY) scripts/benchmark_inference.py
-	$(PY) scripts/benchmark_training.py
-	$(PY) scripts/benchmark_corpus_build.py
+	$(PY) scripts/benchmark.py

@@ -90,6 +90,23 @@ def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024.0  # Linux reports KiB
 
 
+def proc_status_mib(field: str) -> float | None:
+    """A memory field of Linux's `/proc/self/status` (`VmRSS`: resident now, `VmHWM`: peak), in MiB; None elsewhere."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def current_rss_mib() -> float:
+    """Resident memory of this process now, in MiB (0.0 where the kernel does not say)."""
+    return proc_status_mib("VmRSS") or 0.0
+
+
 def machine_summary() -> str:
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "

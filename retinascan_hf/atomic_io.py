@@ -58,20 +58,24 @@ class Manifest:
         kind: the artefact kind (the writer's marker file, e.g. `build_report.json` for a corpus).
         files: relative POSIX path -> size in bytes of every file written; `None` while still staging.
         directories: relative POSIX paths of the sub-folders written.
+        nested: relative POSIX paths of artefacts of ours published inside this one afterwards, each with its own
+            manifest (an ONNX export in a model folder, see [`record_nested`]): they go with it when it is replaced.
     """
 
     kind: str
     files: dict[str, int] | None
     directories: tuple[str, ...] = ()
+    nested: tuple[str, ...] = ()
 
 
-def _contents(folder: Path) -> tuple[dict[str, int], list[str]]:
+def _contents(folder: Path, skip: tuple[str, ...] = ()) -> tuple[dict[str, int], list[str]]:
     """Sizes of every non-folder entry under `folder` (symlinks not followed) and its sub-folders, except the
-    manifest itself."""
+    manifest itself and the sub-folders `skip` names (relative POSIX paths)."""
     files: dict[str, int] = {}
     directories: list[str] = []
     for current, subfolders, names in os.walk(folder):
         relative = Path(current).relative_to(folder)
+        subfolders[:] = [name for name in subfolders if (relative / name).as_posix() not in skip]
         directories.extend((relative / name).as_posix() for name in subfolders)
         for name in names:
             path = Path(current) / name
@@ -104,9 +108,25 @@ def read_manifest(folder: Path) -> Manifest | None:
         files = payload.get("files")
         if files is not None:
             files = {str(name): int(size) for name, size in dict(files).items()}
-        return Manifest(payload["kind"], files, tuple(str(name) for name in payload.get("directories") or ()))
+        directories = tuple(str(name) for name in payload.get("directories") or ())
+        return Manifest(payload["kind"], files, directories, tuple(str(name) for name in payload.get("nested") or ()))
     except (OSError, ValueError, TypeError, AttributeError, RecursionError):
         return None
+
+
+def _present_nested(folder: Path, manifest: Manifest) -> tuple[str, ...]:
+    """The nested artefacts `manifest` lists that are still there (one deleted since is no loss to anyone)."""
+    return tuple(name for name in manifest.nested if (folder / name).exists() or (folder / name).is_symlink())
+
+
+def _nested_problem(folder: Path, name: str) -> str | None:
+    """Why `folder / name` is not exactly a complete artefact of ours (of any kind), or `None` when it is."""
+    nested = folder / name
+    manifest = read_manifest(nested) if nested.is_dir() and not nested.is_symlink() else None
+    if manifest is None:
+        return f"its {name}/ holds no {MANIFEST_NAME} written by {TOOL}"
+    problem = ownership_problem(nested, manifest.kind)
+    return None if problem is None else f"its {name}/ {problem.removeprefix('it ').removeprefix('its ')}"
 
 
 def ownership_problem(folder: Path, kind: str) -> str | None:
@@ -116,9 +136,20 @@ def ownership_problem(folder: Path, kind: str) -> str | None:
         return f"it holds no {MANIFEST_NAME} written by {TOOL}"
     if manifest.kind != kind:
         return f"its manifest says it holds a {manifest.kind!r} artefact, not {kind!r}"
+    return _content_problem(folder, manifest)
+
+
+def _content_problem(folder: Path, manifest: Manifest) -> str | None:
+    """Why `folder` does not hold exactly what `manifest` lists (nested artefacts: exactly theirs), or `None`."""
     if manifest.files is None:
         return "its manifest says it was never finished"
-    files, directories = _contents(folder)
+    nested = _present_nested(folder, manifest)
+    for name in nested:
+        problem = _nested_problem(folder, name)
+        if problem:
+            return problem
+    files, directories = _contents(folder, skip=nested)
+    directories = [name for name in directories if name not in nested]
     extra = sorted(set(files) - set(manifest.files)) + sorted(set(directories) - set(manifest.directories))
     missing = sorted(set(manifest.files) - set(files))
     changed = sorted(name for name in set(files) & set(manifest.files) if files[name] != manifest.files[name])
@@ -221,6 +252,9 @@ def remove_written(folder: Path) -> bool:
     if manifest is None or manifest.files is None:
         logger.warning(f"Not deleting {folder}: it holds no complete manifest of {TOOL}.")
         return False
+    for name in _present_nested(folder, manifest):
+        if _nested_problem(folder, name) is None:
+            remove_written(folder / name)
     for name in manifest.files:
         (folder / name).unlink(missing_ok=True)
     for name in sorted(manifest.directories, key=lambda entry: entry.count("/"), reverse=True):
@@ -233,6 +267,28 @@ def remove_written(folder: Path) -> bool:
         return False
     (folder / MANIFEST_NAME).unlink(missing_ok=True)
     folder.rmdir()
+    return True
+
+
+def record_nested(parent: str | os.PathLike, child: str | os.PathLike) -> bool:
+    """Record in `parent`'s manifest that `child`, a complete artefact of ours just published inside it, belongs
+    to it: `parent` stays replaceable, and `child` goes with it (an ONNX export goes with the weights it was made
+    from). Records nothing, and returns `False`, when `parent` is not exactly an artefact of ours apart from
+    `child`: then nothing of it may be replaced anyway.
+    """
+    parent, child = Path(parent).absolute(), Path(child).absolute()
+    name = child.relative_to(parent).as_posix()
+    manifest = read_manifest(parent)
+    if manifest is None or manifest.files is None:
+        return False
+    nested = tuple(sorted({*manifest.nested, name}))
+    if _content_problem(parent, Manifest(manifest.kind, manifest.files, manifest.directories, nested)) is not None:
+        return False
+    payload = json.loads((parent / MANIFEST_NAME).read_text(encoding="utf-8"))
+    payload["nested"] = list(nested)
+    temporary = parent / f"{MANIFEST_NAME}.writing"
+    temporary.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(temporary, parent / MANIFEST_NAME)
     return True
 
 
@@ -368,6 +424,7 @@ __all__ = [
     "discard_staging",
     "ownership_problem",
     "read_manifest",
+    "record_nested",
     "recover_directory",
     "remove_written",
     "write_json_atomically",

@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "retinascan_hf.commands.grade",
     "retinascan_hf.commands.explain",
     "retinascan_hf.commands.evaluate",
+    "retinascan_hf.commands.export_onnx",
     "retinascan_hf.commands.release",
     "retinascan_hf.commands.demo",
 )

@@ -278,26 +278,65 @@ def _is_undecoded(image: Image.Image) -> bool:
     return isinstance(image, ImageFile.ImageFile) and bool(image.tile)
 
 
-def _decode_within_budget(image: Image.Image, name: str, max_decoded_pixels: int, owned: bool) -> None:
-    """Make an undecoded image above the pixel budget decode within it, or refuse it.
+# JPEG's decoder scales by 1/2, 1/4 or 1/8 while decoding (DCT scaling), so reductions stop at 8. MPO is JPEG
+# with more frames (what many cameras write); PIL opens its first frame like a JPEG.
+MAX_REDUCTION = 8
+DCT_SCALED_FORMATS = ("JPEG", "MPO")
 
-    JPEG's decoder scales by 1/2, 1/4 or 1/8 while decoding (draft mode), so a 96 MP JPEG costs what a
-    12 MP one does. No other format can, so a larger PNG, TIFF, ... would cost its full size and is refused.
-    Draft mode reconfigures the decoder in place: never done to an image the caller opened (`owned=False`).
+
+def _reduced_pixels(width: int, height: int, factor: int) -> int:
+    """Pixels after a reduction by `factor` (PIL's draft and `Image.reduce` both round each side up)."""
+    return -(-width // factor) * -(-height // factor)
+
+
+def reduction_factor(width: int, height: int, reduce_to: int | None, max_decoded_pixels: int | None = None) -> int:
+    """The integer reduction of a `width` x `height` picture, one rule for every input form.
+
+    The largest power of two up to 8 that keeps the shorter side at least `reduce_to` (1 without a target), raised
+    (up to 8) while the reduced picture would exceed `max_decoded_pixels`. These are the scales JPEG's decoder
+    reaches for free: a JPEG file is decoded directly at this size (draft mode), every other input is decoded
+    whole and reduced by the same factor with a box filter, so the forms of one picture differ only as DCT
+    scaling differs from box averaging (on the EyePACS camera originals: 0.1-0.3 grey levels on average).
+    """
+    factor = 1
+    if reduce_to:
+        while factor < MAX_REDUCTION and min(width, height) // (2 * factor) >= reduce_to:
+            factor *= 2
+    if max_decoded_pixels is not None:
+        while factor < MAX_REDUCTION and _reduced_pixels(width, height, factor) > max_decoded_pixels:
+            factor *= 2
+    return factor
+
+
+def _decode_reduced(image: Image.Image, name: str, factor: int, max_decoded_pixels: int | None, owned: bool) -> bool:
+    """Set a file we opened to decode reduced by `factor` (JPEG draft mode); whether it now does.
+
+    Draft mode reconfigures the decoder in place: never done to an image the caller opened (`owned=False`). A file
+    above the pixel budget that cannot be reduced while decoding is refused: no format but JPEG can, so a 96 MP PNG
+    of 280 KB would otherwise cost about 1 GB of memory.
     """
     width, height = image.size
+    drafted = (
+        factor > 1
+        and owned
+        and image.format in DCT_SCALED_FORMATS
+        and image.draft("RGB", (width // factor, height // factor)) is not None
+    )
+    if max_decoded_pixels is None or width * height <= max_decoded_pixels:
+        return drafted
     refusal = (
         f"Refusing to decode {name}: {width}x{height} = {width * height:,} pixels exceeds "
         f"max_decoded_pixels={max_decoded_pixels:,}"
     )
-    if image.format != "JPEG" or not owned:
-        hint = "pass the file itself, which is decoded at reduced size" if image.format == "JPEG" else "downscale it"
+    if not drafted:
+        reducible = image.format in DCT_SCALED_FORMATS and not owned
+        hint = "pass the file itself, which is decoded at reduced size" if reducible else "downscale it"
         raise ImageTooLargeError(
             f"{refusal}, and a {image.format or 'decoded'} image cannot be reduced while decoding ({hint})."
         )
-    scale = next((s for s in (2, 4, 8) if width * height <= max_decoded_pixels * s * s), None)
-    if scale is None or image.draft("RGB", (width // scale, height // scale)) is None:
-        raise ImageTooLargeError(f"{refusal}, even at the JPEG decoder's 1/8 scale.")
+    if image.width * image.height > max_decoded_pixels:
+        raise ImageTooLargeError(f"{refusal}, even at the JPEG decoder's 1/{MAX_REDUCTION} scale.")
+    return drafted
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -321,14 +360,14 @@ def load_fundus_image(
 ) -> Image.Image:
     """Decode `source` into an upright RGB PIL image, or raise a [`RetinaScanInputError`] naming it.
 
-    Every input form ends in the same pixels, so a path, its bytes, the PIL image `datasets` yields, a numpy
-    array and a tensor of one picture are graded alike: files are decoded at full resolution (as callers decode
-    the images they pass), then every image is reduced by an integer box filter to at least `reduce_to` pixels
-    on its shorter side. The one exception is a file above the pixel budget `max_decoded_pixels`: a JPEG is then
-    decoded at a DCT-scaled fraction of its size, any other format is refused ([`ImageTooLargeError`]), as is
-    anything declaring more than `max_image_pixels`. Any PIL mode is converted to RGB unless
-    `do_convert_rgb=False`, which refuses non-RGB images instead. `input_data_format` is the channel layout of
-    array and tensor inputs.
+    Every input form ends in the same picture, so a path, its bytes, the PIL image `datasets` yields, a numpy
+    array and a tensor of one photograph are graded alike: each is reduced by the same integer factor
+    ([`reduction_factor`]: a power of two up to 8 that keeps at least `reduce_to` pixels on the shorter side).
+    JPEG files and bytes get it from the decoder (DCT scaling, fast), everything else (images already decoded,
+    other formats) from a box filter after a full decode. A file above the pixel budget `max_decoded_pixels` is
+    decoded reduced to fit it if it is a JPEG and refused otherwise ([`ImageTooLargeError`]), as is anything
+    declaring more than `max_image_pixels`. Any PIL mode is converted to RGB unless `do_convert_rgb=False`, which
+    refuses non-RGB images instead. `input_data_format` is the channel layout of array and tensor inputs.
     """
     name = describe_input(source)
     if is_torch_tensor(source):
@@ -364,8 +403,9 @@ def load_fundus_image(
     if min(width, height) < min_image_size:
         raise InvalidImageError(f"Image {name} is {width}x{height}; at least {min_image_size} px per side is needed.")
     try:
-        if max_decoded_pixels is not None and width * height > max_decoded_pixels and _is_undecoded(image):
-            _decode_within_budget(image, name, max_decoded_pixels, owned=not isinstance(source, Image.Image))
+        factor = reduction_factor(width, height, reduce_to, max_decoded_pixels)
+        owned = not isinstance(source, Image.Image)
+        drafted = _is_undecoded(image) and _decode_reduced(image, name, factor, max_decoded_pixels, owned)
         image = _upright(image)
         image.load()
         if not do_convert_rgb and image.mode != "RGB":
@@ -375,8 +415,7 @@ def load_fundus_image(
         image = _to_rgb(image)
     except OSError as error:  # truncated or corrupt pixel data only shows up when decoding
         raise InvalidImageError(f"Could not decode {name}: {error}") from error
-    factor = min(image.size) // reduce_to if reduce_to else 1
-    return image.reduce(factor) if factor >= 2 else image
+    return image.reduce(factor) if factor > 1 and not drafted else image
 
 
 def find_fundus_box(
@@ -398,9 +437,12 @@ def find_fundus_box(
     `min_contrast`, on a 0-1 scale) shows no fundus even if it is bright: a white or grey frame must be
     flagged, not graded.
     """
-    small = image.copy()
-    small.thumbnail((analysis_size, analysis_size), Image.Resampling.BILINEAR)
-    brightness = np.asarray(small, dtype=np.float32).max(axis=-1) / 255.0
+    # An integer box-filter reduction: no copy of a full-size frame, and a fraction of a resampling filter's cost
+    # (this runs on every image, and a draft-decoded camera original is still ~1 MP).
+    factor = -(-max(image.size) // analysis_size)
+    small = image.reduce(factor) if factor > 1 else image
+    rgb = np.asarray(small)
+    brightness = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32) / 255.0
     level = max(threshold, 0.15 * float(np.percentile(brightness, 99)))
     mask = brightness > level
     if float(brightness.std()) < min_contrast:
@@ -420,6 +462,30 @@ def find_fundus_box(
         int(np.ceil((col_idx[-1] + 1) * scale_x)),
         int(np.ceil((row_idx[-1] + 1) * scale_y)),
     )
+
+
+def resize_into_square(
+    image: Image.Image,
+    box: tuple[int, int, int, int],
+    side: int,
+    resample: int = Image.Resampling.BICUBIC,
+    reducing_gap: float | None = None,
+) -> Image.Image:
+    """The `box` region of `image` resized so its longer side is `side`, centred on a black `side` x `side` square.
+
+    The same picture as resizing `pad_to_square(image.crop(box))`, made without building the padded full-size
+    square: one resampling pass reads the region in place, and only the small output is padded. `reducing_gap`
+    is PIL's: shrink by an integer factor (box filter) first, so the filter's last step is at most that ratio.
+    """
+    left, top, right, bottom = box
+    scale = side / max(right - left, bottom - top)
+    size = (max(1, min(side, round((right - left) * scale))), max(1, min(side, round((bottom - top) * scale))))
+    resized = image.resize(size, resample=Image.Resampling(resample), box=box, reducing_gap=reducing_gap)
+    if size == (side, side):
+        return resized
+    canvas = Image.new("RGB", (side, side), (0, 0, 0))
+    canvas.paste(resized, ((side - size[0]) // 2, (side - size[1]) // 2))
+    return canvas
 
 
 def pad_to_square(image: Image.Image) -> Image.Image:
@@ -514,6 +580,13 @@ class FundusQuality:
     underexposed_fraction: float = 0.0
 
 
+def _pixel_centres(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column coordinates of pixel centres as a column and a row vector: they broadcast like a full grid
+    (np.mgrid) at a fraction of its cost, which matters in the pipeline's per-image preprocessing."""
+    rows, cols = np.ogrid[0 : shape[0], 0 : shape[1]]
+    return rows + 0.5, cols + 0.5
+
+
 def assess_fundus_quality(image: Image.Image, *, threshold: float = 0.06) -> FundusQuality:
     """Measure field of view, focus and exposure of an RGB picture (a few ms: small copies only)."""
     small = image.resize(_fitted_size(image.size, FOV_ANALYSIS_SIZE), Image.Resampling.BOX)
@@ -523,7 +596,7 @@ def assess_fundus_quality(image: Image.Image, *, threshold: float = 0.06) -> Fun
     if circle is None:
         return FundusQuality(field_of_view_found=False)
     cx, cy, radius = circle
-    rows, cols = np.mgrid[0 : bright.shape[0], 0 : bright.shape[1]] + 0.5
+    rows, cols = _pixel_centres(bright.shape)
     distance = np.hypot(cols - cx, rows - cy) / radius
     inside, outside = distance < 0.93, distance > 1.07
     if inside.sum() < 16 or outside.mean() < 0.02:  # no surround left to see: not a fundus camera's frame
@@ -532,7 +605,7 @@ def assess_fundus_quality(image: Image.Image, *, threshold: float = 0.06) -> Fun
     detail = image.resize(_fitted_size(image.size, FOCUS_ANALYSIS_SIZE), Image.Resampling.BILINEAR)
     luminance = np.asarray(detail.convert("L"), np.float32) / 255.0
     scale = luminance.shape[1] / bright.shape[1]
-    rows, cols = np.mgrid[0 : luminance.shape[0], 0 : luminance.shape[1]] + 0.5
+    rows, cols = _pixel_centres(luminance.shape)
     detail_distance = np.hypot(cols - cx * scale, rows - cy * scale) / (radius * scale)
     laplacian = (
         luminance[:-2, 1:-1] + luminance[2:, 1:-1] + luminance[1:-1, :-2] + luminance[1:-1, 2:]
@@ -670,6 +743,16 @@ class RetinaScanImageProcessor(BaseImageProcessor):
     # frame, and the final resize then still downsamples (sharper than upsampling a minimal decode).
     DECODE_OVERSAMPLING = 2
     MAX_OUTPUT_SIZE = 2048
+    # The final resize first shrinks the fundus by an integer factor with a box filter whenever the bicubic step
+    # would still shrink it more than 1.5x (a ~750 px crop of a camera original: 2x box, then 1.67x bicubic).
+    # Half the cost of one bicubic pass (3.1 -> 1.4 ms CPU per camera original), for a mean difference of 0.23
+    # grey levels (of 255) to it: measured with benchmarks/ (processor row) on eyepacs-originals.
+    RESIZE_REDUCING_GAP = 1.5
+    # Version of the pictures this code makes from given settings: bump it whenever the same settings give other
+    # pixels, so that features cached from the old pictures are not reused (the feature cache keys on it).
+    # 2: one power-of-two reduction for every input form (JPEG draft = box filter), fundus box on a box-filter
+    # reduction, one resize of the crop box with a reducing gap.
+    PIXELS_VERSION = 2
 
     def __init__(
         self,
@@ -792,15 +875,20 @@ class RetinaScanImageProcessor(BaseImageProcessor):
     def output_size(self) -> int:
         return self.size["height"]
 
+    @property
+    def reduce_to(self) -> int:
+        """The shorter side decoded images keep at least: twice the output size, and never below the quality
+        check's analysis size, so its measurements do not depend on the output size."""
+        return max(self.output_size * self.DECODE_OVERSAMPLING, FOCUS_ANALYSIS_SIZE)
+
     def load(
         self, source: FundusInput, timeout: float | None = None, input_data_format: str | None = None
     ) -> Image.Image:
-        """Decode one input with this processor's safety limits and RGB conversion, reduced to about twice the
-        output size (and never below the quality check's analysis size, so its measurements do not depend on the
-        output size)."""
+        """Decode one input with this processor's safety limits and RGB conversion, reduced towards
+        [`reduce_to`] (see [`load_fundus_image`])."""
         return load_fundus_image(
             source,
-            reduce_to=max(self.output_size * self.DECODE_OVERSAMPLING, FOCUS_ANALYSIS_SIZE),
+            reduce_to=self.reduce_to,
             max_image_pixels=self.max_image_pixels,
             max_decoded_pixels=self.max_decoded_pixels,
             min_image_size=self.min_image_size,
@@ -810,10 +898,10 @@ class RetinaScanImageProcessor(BaseImageProcessor):
             input_data_format=input_data_format,
         )
 
-    def crop_fundus(self, image: Image.Image, name: str = "<image>") -> Image.Image:
-        """Crop to the fundus disc and pad to a square; raise [`NoFundusFoundError`] naming the input."""
+    def fundus_box(self, image: Image.Image, name: str = "<image>") -> tuple[int, int, int, int]:
+        """The fundus disc's bounding box; raise [`NoFundusFoundError`] naming the input."""
         try:
-            box = find_fundus_box(
+            return find_fundus_box(
                 image,
                 threshold=self.fundus_threshold,
                 min_fundus_fraction=self.min_fundus_fraction,
@@ -821,12 +909,16 @@ class RetinaScanImageProcessor(BaseImageProcessor):
             )
         except NoFundusFoundError as error:
             raise NoFundusFoundError(f"No visible fundus in {name}: {error}.") from error
-        return pad_to_square(image.crop(box))
+
+    def crop_fundus(self, image: Image.Image, name: str = "<image>") -> Image.Image:
+        """Crop to the fundus disc and pad to a square; raise [`NoFundusFoundError`] naming the input."""
+        return pad_to_square(image.crop(self.fundus_box(image, name)))
 
     def _model_picture(self, image: Image.Image, name: str) -> Image.Image:
-        image = self.crop_fundus(image, name) if self.do_crop_fundus else pad_to_square(image)
-        side = self.output_size
-        return image.resize((side, side), resample=Image.Resampling(self.resample))
+        """The fundus box (or the whole frame) resized onto the output square in one pass (see
+        [`resize_into_square`])."""
+        box = self.fundus_box(image, name) if self.do_crop_fundus else (0, 0, *image.size)
+        return resize_into_square(image, box, self.output_size, self.resample, self.RESIZE_REDUCING_GAP)
 
     def to_model_image(
         self, source: FundusInput, timeout: float | None = None, input_data_format: str | None = None
@@ -943,4 +1035,6 @@ __all__ = [
     "assess_fundus_quality",
     "find_fundus_box",
     "load_fundus_image",
+    "reduction_factor",
+    "resize_into_square",
 ]

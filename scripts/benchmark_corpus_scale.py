@@ -21,7 +21,7 @@ import argparse
 import json
 
 from benchmarks.corpus_scale import run
-from benchmarks.machine import machine_details
+from benchmarks.machine import machine_info
 from retinascan_hf.atomic_io import write_json_atomically
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("benchmarks/corpus_scale.json"))
     args = parser.parse_args()
     results = run(args)
-    results["machine_details"] = machine_details()
+    results["machine_info"] = machine_info()
     print(json.dumps(results["summary"], indent=2))
     print(f"wrote {write_json_atomically(args.output, results)}")
 

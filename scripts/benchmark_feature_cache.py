@@ -19,7 +19,7 @@ import json
 import tempfile
 
 from benchmarks.feature_cache_scale import run_cache_benchmark
-from benchmarks.machine import machine_details
+from benchmarks.machine import machine_info
 from retinascan_hf.atomic_io import write_json_atomically
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="retinascan-cache-bench-") as scratch:
         results = run_cache_benchmark(args.images, args.views, args.dim, args.dtype, Path(scratch))
-    results["machine"] = machine_details()
+    results["machine"] = machine_info()
     print(json.dumps(results, indent=2))
     print(f"wrote {write_json_atomically(args.output, results)}")
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ live
 import argparse
 
 from benchmarks.knn import MILLION, REFERENCE_BANK, run_knn_benchmark
-from benchmarks.machine import machine_details
+from benchmarks.machine import machine_info
 from retinascan_hf.atomic_io import write_json_atomically
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("benchmarks/knn.json"))
     args = parser.parse_args()
     results = run_knn_benchmark(args.sizes, args.dim, args.k, args.repeats, args.threads)
-    results["machine"] = machine_details()
+    results["machine"] = machine_info()
     print(f"read bandwidth {results['read_bandwidth_gib_s']} GiB/s, {args.threads} threads")
     print(f"{'rows':>9} {'data':>9} {'query ms':>9} {'fp32 scan':>9} {'fp16 scan':>9} {'exact':>7}")
     for row in results["banks"]:

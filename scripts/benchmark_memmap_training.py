@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ live
 import argparse
 import json
 
-from benchmarks.machine import machine_details
+from benchmarks.machine import machine_info
 from benchmarks.memmap_training import run_memmap_training
 from retinascan_hf.atomic_io import write_json_atomically
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("benchmarks/memmap_training.json"))
     args = parser.parse_args()
     results = run_memmap_training(args.images, args.views, args.dim, args.steps, args.chunk_rows)
-    results["machine"] = machine_details()
+    results["machine"] = machine_info()
     print(json.dumps(results, indent=2))
     print(f"wrote {write_json_atomically(args.output, results)}")
 

@@ -246,3 +246,49 @@ def _slow_write(target: Path, report, release) -> None:
         write_files(staging, NEW)
         report.send(str(staging))
         release.recv()
+
+
+# ---------------------------------------------------------------- artefacts published inside one of ours
+
+
+def publish_nested(target: Path, files: dict[str, str], name: str = "onnx") -> Path:
+    """Publish a second artefact inside `target` (as `retinascan export-onnx` does in a model folder)."""
+    with atomic_directory(target / name, marker="export_config.json") as staging:
+        write_files(staging, files)
+    return target / name
+
+
+def test_an_artefact_recorded_inside_ours_goes_with_it_and_nothing_else_is_deleted(old_target: Path) -> None:
+    """Before: an ONNX export in a model folder made the folder 'not ours', so the next training run refused to
+    write its model."""
+    nested = publish_nested(old_target, {"export_config.json": "{}", "model.onnx": "graph"})
+    assert atomic_io.record_nested(old_target, nested)
+    publish(old_target, NEW)
+    assert read_files(old_target) == NEW and leftovers(old_target) == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["user file in the nested folder", "nested file edited", "nested manifest deleted", "nested folder not recorded"],
+)
+def test_a_nested_artefact_changed_by_hand_keeps_the_folder_from_being_replaced(old_target: Path, change: str) -> None:
+    nested = publish_nested(old_target, {"export_config.json": "{}", "model.onnx": "graph"})
+    if change != "nested folder not recorded":
+        assert atomic_io.record_nested(old_target, nested)
+    if change == "user file in the nested folder":
+        (nested / "notes.txt").write_text("mine")
+    elif change == "nested file edited":
+        (nested / "model.onnx").write_text("a graph edited by hand")
+    elif change == "nested manifest deleted":
+        (nested / MANIFEST_NAME).unlink()
+    before = read_files(old_target)
+    with pytest.raises(NotOwnedError, match="Refusing to replace"):
+        publish(old_target, NEW)
+    assert read_files(old_target) == before
+
+
+def test_nothing_is_recorded_in_a_folder_that_is_not_exactly_ours(old_target: Path) -> None:
+    (old_target / "thesis.docx").write_text("mine")
+    nested = publish_nested(old_target, {"export_config.json": "{}"})
+    assert not atomic_io.record_nested(old_target, nested)
+    assert atomic_io.read_manifest(old_target).nested == ()

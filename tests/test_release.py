@@ -7,6 +7,7 @@ methods intercepted, and what it sent is materialised as a Hub-cache snapshot an
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -278,6 +279,55 @@ def test_a_release_without_the_text_tower_loads_cleanly_and_grades_the_same(mode
         assert torch.equal(lean.eval()(pixel_values=pixels).probs, full(pixel_values=pixels).probs)
     with pytest.raises(ValueError, match="no CLIP text tower"):
         lean.compute_text_prototypes(tokenizer=None)
+
+
+@pytest.fixture(scope="module")
+def exported_model_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the model folder with an fp32 + int8 ONNX export in `onnx/`."""
+    from retinascan_hf.onnx_export import export_onnx
+
+    directory = tmp_path_factory.mktemp("exported") / "model"
+    shutil.copytree(model_dir, directory)
+    export_onnx(directory, int8=True)
+    return directory
+
+
+@pytest.mark.slow  # a fresh process loads the release, twice over ONNX Runtime
+def test_a_release_ships_the_onnx_export_loadable_and_verified_on_it(exported_model_dir: Path, tmp_path: Path) -> None:
+    """Before: the export was copied as it was, its record naming the sha256 of the source's weights; staging
+    re-writes the weights (no text tower), so `backend="onnx"` on the released repo refused it as stale, and the
+    verification, which ran the torch backend only, passed."""
+    from retinascan_hf.onnx_backend import RetinaScanOnnxModel
+
+    staged = tmp_path / "release"
+    result = release_model(exported_model_dir, REPO_ID, dry_run=True, staging_dir=staged, facts=facts())
+    assert result.verification.ok
+    onnx_checks = {"onnx-fp32:knn", "onnx-int8:knn", "onnx-int8:ordinal", "onnx-int8:prototype"}
+    assert onnx_checks <= set(result.verification.modes)
+    for label in onnx_checks:
+        assert result.verification.released[label]["grade"] == result.verification.reference[label]["grade"]
+    assert sorted(path.name for path in (staged / "onnx").iterdir()) == [
+        "export_config.json",
+        "model.onnx",
+        "model_int8.onnx",
+    ]  # the graphs and their record, not the source folder's ownership manifest
+    assert RetinaScanOnnxModel.from_pretrained(staged, variant="int8").variant == "int8"
+
+
+def test_a_stale_onnx_export_is_not_released(exported_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    from retinascan_hf import RetinaScanModel
+    from retinascan_hf.onnx_backend import StaleOnnxExportError
+
+    source = tmp_path / "model"
+    shutil.copytree(exported_model_dir, source)
+    model = RetinaScanModel.from_pretrained(source)
+    with torch.no_grad():
+        model.projection.fc1.weight.add_(0.5)  # retrained after the export
+    model.save_pretrained(source)
+    with pytest.raises(StaleOnnxExportError, match="Re-export"):
+        stage_release(source, tmp_path / "release", facts())
 
 
 def test_model_push_to_hub_warns_what_the_repo_will_lack(tiny_model_and_processor, monkeypatch) -> None:

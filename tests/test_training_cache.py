@@ -127,6 +127,15 @@ def test_fingerprint_follows_weights_and_processor_not_the_heads():
     assert backbone_fingerprint(model, processor) != reference
 
 
+def test_fingerprint_follows_the_version_of_the_processors_pixel_code(monkeypatch):
+    """The same settings give other pictures after a change to the processing code (the one reduction rule for
+    every input form did): features cached from the old pictures must not be reused."""
+    model, processor = random_retinascan(seed=0)
+    reference = backbone_fingerprint(model, processor)
+    monkeypatch.setattr(RetinaScanImageProcessor, "PIXELS_VERSION", RetinaScanImageProcessor.PIXELS_VERSION + 1)
+    assert backbone_fingerprint(model, processor) != reference
+
+
 def test_augmented_views_are_reproducible_and_keep_the_background_black():
     picture = synthetic_corpus({"train": (1,) * 5}, size=64)["train"][4]["image"]
     augmentation = FundusAugmentation()

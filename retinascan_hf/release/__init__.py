@@ -8,6 +8,7 @@ layout, and graded a picture exactly as the source folder does in every decision
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ from typing import Any
 from huggingface_hub import CommitInfo, HfApi
 
 from ..feature_bank import FEATURE_BANK_NAME
+from ..onnx_backend import EXPORT_CONFIG_NAME, OnnxExportRecord
 from .card import TINY_BACKBONE, CardFacts, read_json, render_model_card, validate_card
-from .stage import StagedFile, stage_release
+from .stage import ONNX_FOLDER, StagedFile, stage_release
 from .upload import upload_release
-from .verify import ReleaseVerificationError, VerificationReport, verify_release
+from .verify import ReleaseVerificationError, VerificationReport, check_label, verify_release
 
 # Largest score difference accepted between the release and its source, per storage dtype: float32 storage
 # must reproduce the source bit for bit up to summation order; float16 storage rounds every weight.
@@ -66,14 +68,25 @@ def discover_facts(
     return facts
 
 
-def reference_answers(model_dir: Path, image: Path) -> dict[str, Any]:
-    """The source folder's answers on `image` in every decision mode it supports (installed classes)."""
+def reference_answers(model_dir: Path, image: Path, onnx_variants: Sequence[str] = ()) -> dict[str, Any]:
+    """The source folder's answers on `image` in every decision mode it supports (installed classes), with the
+    torch model and with each of `onnx_variants` (its ONNX export), keyed by [`check_label`]."""
     from ..loading import load_pipeline
     from ..modeling_retinascan import DECISION_MODES
 
-    grader = load_pipeline(model_dir)
     modes = [mode for mode in DECISION_MODES if mode != "knn" or (Path(model_dir) / FEATURE_BANK_NAME).is_file()]
-    return {mode: grader(str(image), mode=mode) for mode in modes}
+    answers = {}
+    for variant in [None, *onnx_variants]:
+        options = {} if variant is None else {"backend": "onnx", "onnx_variant": variant}
+        grader = load_pipeline(model_dir, **options)
+        answers.update({check_label(mode, variant): grader(str(image), mode=mode) for mode in modes})
+    return answers
+
+
+def released_onnx_variants(staged: Path) -> list[str]:
+    """The ONNX graphs a staged release holds (none without an export)."""
+    record = Path(staged) / ONNX_FOLDER / EXPORT_CONFIG_NAME
+    return sorted(OnnxExportRecord.from_file(record).variants) if record.is_file() else []
 
 
 def verification_image(model_dir: Path, directory: Path) -> Path:
@@ -117,7 +130,7 @@ def release_model(
         verification = verify_release(
             staged,
             repo_id,
-            reference=reference_answers(model_dir, image),
+            reference=reference_answers(model_dir, image, released_onnx_variants(staged)),
             image=image,
             tolerance=SCORE_TOLERANCE[storage_dtype],
         )

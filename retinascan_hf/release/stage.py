@@ -13,14 +13,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers.utils import CONFIG_NAME
+from safetensors import safe_open
+from transformers.utils import CONFIG_NAME, logging
 
 from ..feature_bank import FEATURE_BANK_NAME, FeatureBank
 from ..image_processing_retinascan import RetinaScanImageProcessor
 from ..modeling_retinascan import RetinaScanModel
+from ..onnx_backend import (
+    EXPORT_CONFIG_NAME,
+    ONNX_SUBFOLDER,
+    ONNX_VARIANT_FILES,
+    check_export,
+    resolve_weight_files,
+    sha256_of_files,
+)
 from .card import CARD_NAME, CardFacts, card_files, render_model_card
 
-ONNX_FOLDER = "onnx"
+logger = logging.get_logger(__name__)
+
+ONNX_FOLDER = ONNX_SUBFOLDER
 STORAGE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
 
 
@@ -36,6 +47,43 @@ def _required_code_files(config_path: Path) -> set[str]:
     modules = {reference.split(".")[0] for reference in config.get("auto_map", {}).values()}
     modules |= {entry["impl"].split(".")[0] for entry in config.get("custom_pipelines", {}).values()}
     return {f"{module}.py" for module in modules}
+
+
+def _weight_tensors(folder: Path) -> dict[str, object]:
+    """Tensor name -> the open safetensors file holding it, over every weight file of `folder`."""
+    handles = {}
+    for path in resolve_weight_files(folder, local_files_only=True):
+        if path.endswith(".safetensors"):
+            handle = safe_open(path, framework="pt")
+            handles.update(dict.fromkeys(handle.keys(), handle))
+    return handles
+
+
+def _stage_onnx_export(model_dir: Path, staging: Path) -> None:
+    """Copy the ONNX export of `model_dir` into the release, its record re-pointed at the staged weights.
+
+    The record names the sha256 of the weights its graphs were made from, and the ONNX backend refuses an export
+    beside other weights. Staging re-writes the weights (without the text tower, which the graphs never read), so
+    the export is released only if it was made from the source's current weights and every staged tensor is
+    bit-identical to the source's: the graphs are then exactly those of the released weights.
+    """
+    record = check_export(model_dir, local_files_only=True)
+    source, staged = _weight_tensors(model_dir), _weight_tensors(staging)
+    for name, handle in staged.items():
+        if name not in source or not torch.equal(handle.get_tensor(name), source[name].get_tensor(name)):
+            raise ValueError(
+                f"The staged weights differ from those of {model_dir} in {name}, so its ONNX export would not match "
+                "the released weights. Re-export the release folder (retinascan export-onnx) instead."
+            )
+    target = staging / ONNX_FOLDER
+    target.mkdir()
+    for variant, entry in record.variants.items():
+        name = str(entry.get("file", ONNX_VARIANT_FILES[variant]))
+        if Path(name).name != name:
+            raise ValueError(f"{model_dir / ONNX_FOLDER / EXPORT_CONFIG_NAME} names a graph outside its folder: {name}")
+        shutil.copyfile(model_dir / ONNX_FOLDER / name, target / name)
+    record.weights_sha256 = sha256_of_files(resolve_weight_files(staging, local_files_only=True))
+    (target / EXPORT_CONFIG_NAME).write_text(json.dumps(record.to_json(), indent=2) + "\n")
 
 
 def stage_release(
@@ -73,8 +121,14 @@ def stage_release(
         bank.check_compatible(model.config.embedding_dim, model.config.embedding_hash())
         bank.save_pretrained(staging)
         bank_size = len(bank)
-    if (model_dir / ONNX_FOLDER).is_dir() and storage_dtype == "float32":
-        shutil.copytree(model_dir / ONNX_FOLDER, staging / ONNX_FOLDER)
+    if (model_dir / ONNX_FOLDER).is_dir():
+        if storage_dtype == "float32":
+            _stage_onnx_export(model_dir, staging)
+        else:
+            logger.warning(
+                f"The ONNX export of {model_dir} is not released: its graphs hold the float32 weights, which "
+                f"{storage_dtype} storage rounds. Release with float32 storage to ship it."
+            )
     missing = sorted(_required_code_files(staging / CONFIG_NAME) - {path.name for path in staging.glob("*.py")})
     if missing:
         raise FileNotFoundError(f"The staged release lacks remote-code files {missing}: it could not load.")

@@ -2,9 +2,11 @@
 
 The staged folder is laid out as a Hugging Face Hub cache snapshot (`models--org--name/snapshots/<commit>/`),
 and a subprocess with `HF_HUB_OFFLINE=1`, that never imports `retinascan_hf`, runs
-`pipeline("retinascan", model=repo_id, trust_remote_code=True)` on a picture in every decision mode. Its answers
-must equal those of the source model folder graded in this process with the installed classes: a release that
-loads but grades differently (lost bank, wrong processor, broken remote code) never reaches the Hub.
+`pipeline("retinascan", model=repo_id, trust_remote_code=True)` on a picture in every decision mode, and, when the
+release holds an ONNX export, `backend="onnx"` with each of its graphs (checks labelled `"onnx-<variant>:<mode>"`,
+see [`check_label`]). Its answers must equal those of the source model folder graded in this process with the
+installed classes: a release that loads but grades differently (lost bank, wrong processor, broken remote code,
+an ONNX export the released weights would not load) never reaches the Hub.
 """
 
 from __future__ import annotations
@@ -26,11 +28,21 @@ FAKE_COMMIT = "0" * 40  # a snapshot needs a commit hash; the verification never
 _VERIFY_SCRIPT = r"""
 import json, sys
 from transformers import pipeline
-repo_id, image, modes = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
-grader = pipeline("retinascan", model=repo_id, trust_remote_code=True)
-results = {mode: grader(image, mode=mode) for mode in modes}
+repo_id, image, labels = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+graders, results = {}, {}
+for label in labels:
+    backend, _, mode = label.rpartition(":")
+    if backend not in graders:
+        options = {"backend": "onnx", "onnx_variant": backend.split("-", 1)[1]} if backend else {}
+        graders[backend] = pipeline("retinascan", model=repo_id, trust_remote_code=True, **options)
+    results[label] = graders[backend](image, mode=mode)
 print(json.dumps({"results": results, "imported_retinascan_hf": "retinascan_hf" in sys.modules}))
 """
+
+
+def check_label(mode: str, onnx_variant: str | None = None) -> str:
+    """The name of one verification check: the decision mode, prefixed `onnx-<variant>:` for an ONNX graph."""
+    return mode if onnx_variant is None else f"onnx-{onnx_variant}:{mode}"
 
 
 class ReleaseVerificationError(RuntimeError):
@@ -143,6 +155,7 @@ __all__ = [
     "FAKE_COMMIT",
     "ReleaseVerificationError",
     "VerificationReport",
+    "check_label",
     "compare_results",
     "folder_files",
     "load_in_fresh_process",

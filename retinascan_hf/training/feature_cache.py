@@ -60,7 +60,7 @@ _CHUNK_NUMBERS = itertools.count()
 
 def backbone_fingerprint(model: RetinaScanModel, processor: RetinaScanImageProcessor) -> str:
     """Hash of what decides an un-augmented feature: the image tower's weights (not only its config: two
-    random or fine-tuned towers share a config) and the processor settings."""
+    random or fine-tuned towers share a config), the processor settings and the version of its pixel code."""
     digest = hashlib.sha256()
     towers = {"vision_model": model.clip.vision_model, "visual_projection": model.clip.visual_projection}
     for prefix, module in towers.items():
@@ -70,6 +70,8 @@ def backbone_fingerprint(model: RetinaScanModel, processor: RetinaScanImageProce
     # `auto_map` (remote-code bookkeeping `save_pretrained` adds) does not change a pixel: a processor loaded from
     # a model folder must find the features cached by the in-memory processor that trained it.
     settings = {key: value for key, value in processor.to_dict().items() if key not in _NOT_PROCESSING}
+    # The same settings give other pictures after a change to the processing code: its version says so.
+    settings["pixels_version"] = type(processor).PIXELS_VERSION
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:20]
 

@@ -1,0 +1,101 @@
+"""The benchmark's output: `--quick` runs end to end and writes results of the promised shape, and the README's
+performance table is exactly what `benchmarks/results.json` renders to (no typed numbers)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # benchmarks/ lives beside the library, not inside it
+
+from benchmarks.results import (  # noqa: E402
+    README_END,
+    README_START,
+    readme_block,
+    render_readme_table,
+    update_readme,
+    validate_results,
+)
+
+QUICK_ROW_IDS = {
+    "torch_fp32",
+    "torch_int8",
+    "ort_fp32",
+    "ort_int8",
+    "pipeline_int8_256px",
+    "pillow_draft_decode",
+    "decode_crop_resize",
+    "ort_int8_throughput_b8",
+    "pipeline_int8_throughput_b8_workers2",
+    "ort_int8_throughput_b32",
+    "pipeline_int8_throughput_b32_workers2",
+    "peak_rss_onnx",
+    "peak_rss_torch",
+    "head_training_bare_loop",
+    "head_training_trainer",
+}
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def committed_results() -> dict:
+    return json.loads((REPO / "benchmarks" / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_well_formed_results(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        assert load_script("benchmark").main(["--quick", "--output", str(tmp_path / "r.json"), "--no-readme"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads((tmp_path / "r.json").read_text())
+    validate_results(results)
+    assert results["mode"] == "quick" and {row["id"] for row in results["rows"]} >= QUICK_ROW_IDS
+
+
+def test_readme_table_is_generated_from_results_json(committed_results):
+    validate_results(committed_results)
+    assert readme_block((REPO / "README.md").read_text()) == render_readme_table(committed_results)
+
+
+def test_update_readme_rewrites_only_the_marked_block(committed_results, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n\n{README_START}\nold numbers\n{README_END}\n\nafter\n")
+    assert update_readme(readme, committed_results) is True
+    text = readme.read_text()
+    assert text.startswith("# title\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "old numbers" not in text
+    assert update_readme(readme, committed_results) is False
+    (tmp_path / "plain.md").write_text("no markers")
+    with pytest.raises(ValueError, match=r"no .* block"):
+        update_readme(tmp_path / "plain.md", committed_results)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda r: r.pop("machine"), "lack 'machine'"),
+        (lambda r: r["compute"].update(matmul_gflops=0), "positive"),
+        (lambda r: r["rows"][1].update(ratio_of="nowhere"), "unknown row"),
+        (lambda r: r["rows"][0].update(value=float("nan")), "positive"),
+        (lambda r: r["rows"][0].update(met=True, target=None), "target needs a met flag"),
+    ],
+)
+def test_malformed_results_are_refused(committed_results, damage, message):
+    results = copy.deepcopy(committed_results)
+    damage(results)
+    with pytest.raises(ValueError, match=message):
+        validate_results(results)
