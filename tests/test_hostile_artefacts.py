@@ -26,7 +26,10 @@ from transformers import AutoImageProcessor
 from retinascan_hf import RetinaScanConfig, RetinaScanImageProcessor, RetinaScanModel, load_pipeline
 from retinascan_hf.cli import main
 from retinascan_hf.commands.grade import json_safe
+from retinascan_hf.evaluation import evaluate_model
 from retinascan_hf.feature_bank import FeatureBank, FeatureBankMismatchError
+from retinascan_hf.release import CardFacts
+from retinascan_hf.release.stage import stage_release
 from retinascan_hf.validation_retinascan import InvalidArtefactError
 
 NAN, INF = float("nan"), float("inf")
@@ -276,10 +279,15 @@ def test_tampered_bank_fields_fail_at_load_naming_the_field(folder, tensors, met
     assert "feature_bank.safetensors" in str(info.value) and info.value.field == field
 
 
-def test_a_bank_over_another_number_of_grades_fails_at_load(folder):
+def test_a_bank_over_another_number_of_grades_fails_at_load(folder, tmp_path):
     edit_safetensors(bank_path(folder), {"grades": torch.arange(10) % 3}, {"num_labels": "3"})
     with pytest.raises(FeatureBankMismatchError, match="3 grades but the model has 5"):
         load_pipeline(folder)
+    # Evaluation and release staging load the bank themselves: they refuse it the same way, before any work.
+    with pytest.raises(FeatureBankMismatchError, match="3 grades but the model has 5"):
+        evaluate_model(folder, tmp_path / "no-corpus", tmp_path / "evaluation")
+    with pytest.raises(FeatureBankMismatchError, match="3 grades but the model has 5"):
+        stage_release(folder, tmp_path / "release", CardFacts(repo_id="org/name"))
 
 
 def test_a_corrupt_bank_names_the_file(folder):

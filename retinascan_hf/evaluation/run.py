@@ -223,7 +223,12 @@ def evaluate_model(
     processor = RetinaScanImageProcessor.from_pretrained(source, revision=settings.revision)
     bank = FeatureBank.from_pretrained(source, revision=settings.revision, missing_ok=True)
     if bank is not None:
-        bank.check_compatible(model.config.embedding_dim, model.config.embedding_hash(), dtype=model.dtype)
+        bank.check_compatible(
+            model.config.embedding_dim,
+            model.config.embedding_hash(),
+            dtype=model.dtype,
+            num_labels=model.config.num_labels,
+        )
     accelerator = Accelerator(cpu=settings.cpu)
     model.to(accelerator.device).eval()
     dataset = load_split(data, settings.split)

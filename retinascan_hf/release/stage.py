@@ -118,7 +118,9 @@ def stage_release(
     bank_size = None
     if (model_dir / FEATURE_BANK_NAME).is_file():
         bank = FeatureBank.from_file(model_dir / FEATURE_BANK_NAME)
-        bank.check_compatible(model.config.embedding_dim, model.config.embedding_hash())
+        bank.check_compatible(
+            model.config.embedding_dim, model.config.embedding_hash(), num_labels=model.config.num_labels
+        )
         bank.save_pretrained(staging)
         bank_size = len(bank)
     if (model_dir / ONNX_FOLDER).is_dir():
