@@ -80,14 +80,18 @@ class CachedSplit:
         return self
 
     def batches(self, plan: Iterator[BatchPlan]) -> Iterator[dict[str, torch.Tensor]]:
+        """Each batch indexes the features directly (no DataLoader: they are already tensors). In-memory features
+        take one `[B, 2]` index copy to their device per batch and are gathered there; memory-mapped ones are
+        gathered on the host and copied over."""
         device = self.grades.device
         for batch in plan:
-            rows, views = (torch.tensor(column) for column in zip(*batch, strict=True))
+            index = torch.tensor(batch, dtype=torch.long).reshape(-1, 2)
             if isinstance(self.features, torch.Tensor):
-                features = self.features[rows.to(self.features.device), views.to(self.features.device)]
+                index = index.to(self.features.device)
+                features = self.features[index[:, 0], index[:, 1]]
             else:
-                features = self.features.gather(rows.numpy(), views.numpy()).to(device)
-            yield {"image_features": features, "labels": self.grades[rows.to(device)]}
+                features = self.features.gather(index[:, 0].numpy(), index[:, 1].numpy()).to(device)
+            yield {"image_features": features, "labels": self.grades[index[:, 0].to(device)]}
 
     def view_features(self, model: RetinaScanModel) -> torch.Tensor:
         """Un-augmented features `[N, D]`; the backbone is frozen, so `model` does not change them."""
