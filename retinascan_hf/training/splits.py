@@ -28,15 +28,18 @@ def epoch_plan(
 ) -> Iterator[BatchPlan]:
     """The batches of `epoch` from `start` on, each row paired with the view it is trained on this time.
 
-    Views are drawn from `(seed, epoch, batch, rank)` alone, so skipping the first `start` batches (resuming
-    mid-epoch) reproduces exactly the batches an uninterrupted run would have seen.
+    Views are drawn for the whole epoch at once from `(seed, epoch, rank)` alone (one generator per epoch, not one
+    per step), so skipping the first `start` batches (resuming mid-epoch) reproduces exactly the batches an
+    uninterrupted run would have seen.
     """
     sampler.set_epoch(epoch)
+    draws = np.random.default_rng([seed, epoch, rank])
+    views: list[list[int]] = []
     for batch, rows in enumerate(sampler):
-        if batch < start:
-            continue
-        views = np.random.default_rng([seed, epoch, batch, rank]).integers(n_views, size=len(rows))
-        yield list(zip(rows, views.tolist(), strict=True))
+        if not views:  # the epoch's views, drawn once the batch size is known
+            views = draws.integers(n_views, size=(len(sampler), len(rows))).tolist()
+        if batch >= start:
+            yield list(zip(rows, views[batch], strict=True))
 
 
 # Cached features up to this size (as float32) are read into memory once: the same values as the memory-mapped
