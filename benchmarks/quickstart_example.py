@@ -1,14 +1,18 @@
-"""The README's worked example: `retinascan quickstart`, then `retinascan evaluate` on its model.
+"""The README's worked example: `retinascan quickstart`, `retinascan evaluate` on its model, then
+`retinascan release --dry-run`.
 
-Runs both commands exactly as the README shows them (in a scratch folder, relative paths, so the report names
+Runs the commands exactly as the README shows them (in a scratch folder, relative paths, so the report names
 the folders a user's run creates), times the quickstart and records its peak memory, copies the evaluation
-report and plots to `docs/evaluation/`, writes `quickstart.json` there (the figures the README quotes) and
-regenerates the README's two blocks from those files. A random tiny backbone on synthetic images: the numbers
+report and plots to `docs/evaluation/`, writes `quickstart.json` there (the figures the README quotes), keeps the
+release's rendered model card and dry-run listing as the examples in `model_card/`, and regenerates the README's
+two blocks from those files. A random tiny backbone on synthetic images: the numbers
 show that the workflow runs and what it reports, not how well a pretrained model grades.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import resource
@@ -29,6 +33,9 @@ EVALUATION_BLOCK = "evaluation-example"
 REPORT_FILES = ("report.md", "report.json", "confusion_matrix.png", "reliability_diagram.png", "roc_referable.png")
 SUMMARY_FILE = "quickstart.json"
 RUN_DIR = "retinascan-quickstart"
+EXAMPLE_REPO_ID = "retinascan/retinascan-quickstart"
+CARD_EXAMPLE = "example_quickstart.md"
+DRY_RUN_EXAMPLE = "example_quickstart_dry_run.txt"
 
 
 def _peak_rss_gib() -> float:
@@ -105,9 +112,20 @@ def update_readme(readme: str | Path, docs: str | Path) -> bool:
     return replace_block(readme, EVALUATION_BLOCK, render_evaluation_excerpt(report)) or changed
 
 
-def run_example(docs: str | Path) -> dict[str, Any]:
-    """Run quickstart and evaluate in a scratch folder; write the report files and `quickstart.json` to `docs`."""
-    docs = Path(docs).absolute()
+def _release_dry_run(run: Path) -> str:
+    """`retinascan release --dry-run` of the quickstart model with its evaluation report; what it printed."""
+    command = ["release", "--model", str(run / "model"), "--repo-id", EXAMPLE_REPO_ID, "--dry-run"]
+    command += ["--staging-dir", str(run / "release"), "--evaluation-report", str(run / "evaluation" / "report.json")]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        retinascan(command)
+    return f"$ retinascan {' '.join(command)}\n{printed.getvalue()}"
+
+
+def run_example(docs: str | Path, card_examples: str | Path) -> dict[str, Any]:
+    """Run quickstart, evaluate and a release dry run in a scratch folder; write the report files and
+    `quickstart.json` to `docs`, the rendered card and the dry run's listing to `card_examples`."""
+    docs, card_examples = Path(docs).absolute(), Path(card_examples).absolute()
     here = Path.cwd()
     with tempfile.TemporaryDirectory() as work:
         os.chdir(work)
@@ -118,10 +136,13 @@ def run_example(docs: str | Path) -> dict[str, Any]:
             run = Path(RUN_DIR)
             evaluate = ["evaluate", "--model", str(run / "model"), "--data", str(run / "corpus")]
             retinascan([*evaluate, "--output-dir", str(run / "evaluation"), "--cache-dir", str(run / "feature-cache")])
+            dry_run = _release_dry_run(run)
             metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
             docs.mkdir(parents=True, exist_ok=True)
             for name in REPORT_FILES:
                 shutil.copyfile(run / "evaluation" / name, docs / name)
+            shutil.copyfile(run / "release" / "README.md", card_examples / CARD_EXAMPLE)
+            (card_examples / DRY_RUN_EXAMPLE).write_text(dry_run, encoding="utf-8")
         finally:
             os.chdir(here)
     summary = summarize(metrics, seconds, peak)

@@ -59,3 +59,19 @@ def test_update_rewrites_only_the_marked_blocks(tmp_path):
     assert update_readme(readme, DOCS) is False
     with pytest.raises(ValueError, match="no '<!-- missing:start"):
         replace_block(readme, "missing", wrap("missing", "x", "new"))
+
+
+def test_readme_flag_rate_table_is_rendered_from_the_committed_gradability_results():
+    from benchmarks.gradability import README_BLOCK, render_readme_table
+
+    summary = json.loads((REPO / "benchmarks" / "gradability.json").read_text())
+    assert find_block((REPO / "README.md").read_text(), README_BLOCK) == render_readme_table(summary)
+
+
+def test_example_card_describes_the_quickstart_training_data_and_calibration():
+    """The committed card of the quickstart model (its corpus now writes a build report like a real build)."""
+    card = (REPO / "model_card" / "example_quickstart.md").read_text()
+    summary = committed_summary()
+    assert f"| synthetic | {summary['train_images']} |" in card
+    assert "build report was not available" not in card
+    assert f"{summary['calibration']['ordinal_qwk_after']:.3f} after)" in card
