@@ -29,6 +29,7 @@ from retinascan_hf.synthetic import HARD_NON_FUNDUS_KINDS, NON_FUNDUS_KINDS, non
 from retinascan_hf.training.quickstart import quickstart
 
 from .eyepacs import train_tiny_on_eyepacs
+from .readme_blocks import wrap
 from .timing import machine_summary
 
 
@@ -151,4 +152,45 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["flag_rate", "format_summary", "non_fundus_rates", "run_gradability_benchmark"]
+README_BLOCK = "gradability-table"
+README_SOURCE = "scripts/benchmark_gradability.py from benchmarks/gradability.json"
+
+
+def render_readme_table(summary: dict[str, Any]) -> str:
+    """The README's table of flag rates (markers included), from `gradability.json`."""
+
+    def cell(rate: dict[str, Any]) -> str:
+        return f"{rate['flagged']:,} / {rate['total']:,} ({100 * rate['rate']:.1f}%)"
+
+    quick, quality, real = summary["quickstart"], summary["quality_check_only"], summary["eyepacs_model"]
+    listed = [kind for kind in quick["non_fundus"]["per_kind"] if "round_field" not in kind]
+    disc = [kind for kind in quick["non_fundus"]["per_kind"] if "round_field" in kind]
+    per_kind = summary["per_kind"]
+    rows = [
+        (
+            f"non-fundus, {len(listed)} kinds ({', '.join(kind.replace('_', ' ') for kind in listed)}; "
+            f"{per_kind} each)",
+            "quickstart",
+            quick["non_fundus"]["listed_kinds"],
+            "all",
+        ),
+        (
+            f"non-fundus, {len(disc)} disc-shaped kinds ({', '.join(kind.replace('_', ' ') for kind in disc)})",
+            "quickstart",
+            quick["non_fundus"]["disc_shaped_kinds"],
+            "all",
+        ),
+        ("same non-fundus kinds", "EyePACS", real["non_fundus"]["listed_kinds"], "all"),
+        ("same disc-shaped kinds", "EyePACS", real["non_fundus"]["disc_shaped_kinds"], "all"),
+        ("synthetic fundus, quickstart's test split", "quickstart", quick["synthetic_test_split"], "few"),
+        ("real photos, eyepacs-256 (all)", "quality check only", quality["eyepacs_256"], "few"),
+        ("real photos, camera originals", "quality check only", quality["eyepacs_originals"], "few"),
+        ("real photos, eyepacs-256 test split (unseen patients)", "EyePACS", real["test_split"], "few"),
+        ("real photos, camera originals", "EyePACS", real["eyepacs_originals"], "see below"),
+    ]
+    lines = ["| images | model | flagged | should be |", "|---|---|---:|---|"]
+    lines += [f"| {images} | {model} | {cell(rate)} | {expected} |" for images, model, rate, expected in rows]
+    return wrap(README_BLOCK, README_SOURCE, "\n".join(lines))
+
+
+__all__ = ["flag_rate", "format_summary", "non_fundus_rates", "render_readme_table", "run_gradability_benchmark"]

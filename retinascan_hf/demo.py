@@ -15,6 +15,7 @@ from PIL import Image
 
 TITLE = "RetinaScan: diabetic retinopathy grading (research software, not a medical device)"
 NEIGHBOR_COLUMNS = ["similarity", "grade", "image_id", "source"]
+DISPLAY_SIZE = 320  # pixels of the photo and Grad-CAM panels: a 32-224 px model picture is enlarged to this
 
 
 @dataclass
@@ -73,26 +74,38 @@ def grade_photo(grader: Any, image: Image.Image | None) -> DemoView:
     return demo_view(grader(image, return_neighbors=True, return_heatmap=True), labels)
 
 
+def enlarged(picture: Image.Image | None, size: int = DISPLAY_SIZE) -> Image.Image | None:
+    """`picture` scaled up (never down) so its longer side is `size`: the overlay is as small as the model's input
+    (32 px for a tiny model, 224 px for ViT-B/16), and a browser shows it at its own pixel size."""
+    if picture is None or max(picture.size) >= size:
+        return picture
+    scale = size / max(picture.size)
+    return picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.Resampling.BICUBIC)
+
+
 def build_demo(grader: Any):
     """A `gradio.Blocks` page around `grader` (a `RetinaScanPipeline`)."""
     import gradio as gr
 
     def handle(image: Image.Image | None):
         view = grade_photo(grader, image)
-        return view.summary, view.probabilities, view.overlay, view.neighbors
+        return view.summary, view.probabilities, enlarged(view.overlay), view.neighbors
 
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"## {TITLE}")
         with gr.Row():
-            photo = gr.Image(type="pil", label="Fundus photograph", elem_id="photo")
+            with gr.Column():
+                photo = gr.Image(type="pil", label="Fundus photograph", elem_id="photo", height=DISPLAY_SIZE)
+                button = gr.Button("Grade", variant="primary", elem_id="grade")
+            overlay = gr.Image(
+                type="pil", label="Where the model looked (Grad-CAM)", interactive=False, height=DISPLAY_SIZE
+            )
             with gr.Column():
                 summary = gr.Markdown(elem_id="summary")
                 probabilities = gr.Label(label="Grade probabilities", num_top_classes=len(grader.model.config.id2label))
-        overlay = gr.Image(type="pil", label="Where the model looked (Grad-CAM)", interactive=False)
         neighbors = gr.Dataframe(headers=NEIGHBOR_COLUMNS, label="Nearest training images", interactive=False)
-        button = gr.Button("Grade", variant="primary", elem_id="grade")
         button.click(handle, inputs=photo, outputs=[summary, probabilities, overlay, neighbors])
     return demo
 
 
-__all__ = ["DemoView", "build_demo", "demo_view", "grade_photo"]
+__all__ = ["DemoView", "build_demo", "demo_view", "enlarged", "grade_photo"]

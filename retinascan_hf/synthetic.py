@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .atomic_io import atomic_directory
 from .corpus import corpus_features
+from .corpus.report import REPORT_FILE, BuildReport, SourceCounts
 
 SOURCE = "synthetic"
 
@@ -138,10 +139,24 @@ def synthetic_corpus(
 def save_synthetic_corpus(
     directory: str | Path, grade_counts: Mapping[str, Sequence[int]] | None = None, *, size: int = 64, seed: int = 0
 ) -> datasets.DatasetDict:
-    """Build a synthetic corpus and write it (atomically) where `datasets.load_from_disk` reads it."""
+    """Build a synthetic corpus and write it (atomically) where `datasets.load_from_disk` reads it, with the
+    `build_report.json` a real build writes (images per source and split), so model cards and reports describe
+    a quickstart model's training data like any other."""
+    grade_counts = grade_counts or DEFAULT_GRADE_COUNTS
     corpus = synthetic_corpus(grade_counts, size=size, seed=seed)
+    total = sum(sum(counts) for counts in grade_counts.values())
+    report = BuildReport(
+        protocol="synthetic",
+        seed=seed,
+        val_ratio=sum(grade_counts.get("validation", ())) / total,
+        test_ratio=sum(grade_counts.get("test", ())) / total,
+        sources={SOURCE: SourceCounts(found=total, kept=total)},
+        splits={split: {SOURCE: list(counts)} for split, counts in grade_counts.items()},
+        excluded=[],
+    )
     with atomic_directory(Path(directory), marker=datasets.config.DATASETDICT_JSON_FILENAME) as staging:
         corpus.save_to_disk(str(staging))
+        report.save(staging / REPORT_FILE)
     return corpus
 
 

@@ -1,49 +1,44 @@
-"""Regenerate docs/evaluation/: `retinascan evaluate` on the quickstart model (the README's example).
+"""Regenerate docs/evaluation/, the example card in model_card/ and the README's quickstart and evaluation blocks.
 
-    python scripts/evaluation_example.py [--output docs/evaluation]
+    python scripts/evaluation_example.py [--output docs/evaluation] [--card-examples model_card] [--readme README.md]
 
-Runs, in a temporary folder, exactly the two commands the README shows:
+Runs, in a temporary folder, exactly the commands the README shows:
 
     retinascan quickstart --output-dir retinascan-quickstart
     retinascan evaluate --model retinascan-quickstart/model --data retinascan-quickstart/corpus \
         --output-dir retinascan-quickstart/evaluation --cache-dir retinascan-quickstart/feature-cache
+    retinascan release --model retinascan-quickstart/model --repo-id retinascan/retinascan-quickstart --dry-run \
+        --staging-dir retinascan-quickstart/release --evaluation-report retinascan-quickstart/evaluation/report.json
 
-and copies report.md, report.json and the three plots into `--output`. A random tiny backbone on synthetic
-images: the report shows what evaluation produces, not a clinical result.
+copies report.md, report.json and the three plots into `--output`, writes `quickstart.json` (time, memory and
+the figures the README quotes) beside them, keeps the rendered model card and the dry run's listing as
+`model_card/example_quickstart*`, and rewrites the README's generated blocks. Run it on a quiet
+machine: the quickstart's wall time is one of the figures. See `benchmarks/quickstart_example.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
+import sys
 from pathlib import Path
 
-from retinascan_hf.cli import main as retinascan
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` sits beside `scripts`
 
-FILES = ("report.md", "report.json", "confusion_matrix.png", "reliability_diagram.png", "roc_referable.png")
+from benchmarks.quickstart_example import run_example, update_readme
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("docs/evaluation"))
+    parser.add_argument("--card-examples", type=Path, default=Path("model_card"))
+    parser.add_argument("--readme", type=Path, default=Path("README.md"))
     args = parser.parse_args()
-    output = args.output.absolute()
-    here = Path.cwd()
-    with tempfile.TemporaryDirectory() as work:
-        os.chdir(work)  # relative paths, so the report names the folders the README's commands create
-        try:
-            retinascan(["quickstart", "--output-dir", "retinascan-quickstart", "--no-progress"])
-            run = Path("retinascan-quickstart")
-            evaluate = ["evaluate", "--model", str(run / "model"), "--data", str(run / "corpus")]
-            retinascan([*evaluate, "--output-dir", str(run / "evaluation"), "--cache-dir", str(run / "feature-cache")])
-            output.mkdir(parents=True, exist_ok=True)
-            for name in FILES:
-                shutil.copyfile(run / "evaluation" / name, output / name)
-        finally:
-            os.chdir(here)
-    print(f"wrote {', '.join(FILES)} to {output}")
+    summary = run_example(args.output, args.card_examples)
+    changed = update_readme(args.readme, args.output)
+    print(
+        f"quickstart: {summary['wall_seconds']} s, {summary['peak_rss_gib']} GiB peak, test QWK {summary['test_qwk']}"
+    )
+    print(f"wrote {args.output}; README {'updated' if changed else 'unchanged'}")
 
 
 if __name__ == "__main__":

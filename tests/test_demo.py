@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from retinascan_hf.demo import demo_view, grade_photo
+from retinascan_hf.demo import DISPLAY_SIZE, demo_view, enlarged, grade_photo
 from retinascan_hf.loading import load_pipeline
 from retinascan_hf.synthetic import synthetic_fundus_set
 
@@ -65,6 +66,9 @@ def test_handler_grades_an_upload_through_the_pipeline(model_dir: Path) -> None:
     assert len(view.neighbors) == min(grader.model.config.knn_k, len(grader.feature_bank))
     assert view.overlay is not None and view.overlay.size == (32, 32)  # Grad-CAM on the 32 px picture the model saw
     assert grade_photo(grader, None).summary == "Upload a colour fundus photograph."
+    shown = enlarged(view.overlay)  # what the page displays: the 32 px overlay scaled up, never down
+    assert shown.size == (DISPLAY_SIZE, DISPLAY_SIZE) and enlarged(shown, size=64) is shown
+    assert enlarged(None) is None
 
 
 def _free_port() -> int:
@@ -105,7 +109,8 @@ def test_page_in_headless_chromium_grades_a_real_photo(model_dir: Path, real_dat
         summary = WebDriverWait(driver, 60).until(
             lambda d: d.find_element(By.CSS_SELECTOR, "#summary").text.strip() or None
         )
-        driver.save_screenshot(str(tmp_path / "demo.png"))
+        # RETINASCAN_DEMO_SCREENSHOT=docs/demo.png keeps the picture (the README's and the release notes' screenshot).
+        driver.save_screenshot(os.environ.get("RETINASCAN_DEMO_SCREENSHOT", str(tmp_path / "demo.png")))
     finally:
         driver.quit()
         demo.close()

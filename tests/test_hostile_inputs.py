@@ -373,8 +373,11 @@ def test_every_input_form_gives_the_same_picture_and_grade(grader, tmp_path, suf
 
 @pytest.mark.real_data
 def test_real_photos_give_the_same_scores_in_every_form(grader, real_data_dir):
-    photos = sorted((real_data_dir / "eyepacs-256" / "train").glob("*.jpeg"))[::300]
-    photos += sorted((real_data_dir / "eyepacs-originals" / "train").glob("*.jpeg"))[:1]
+    """Grades and scores: every 100th EyePACS photo and every third camera original (the slow test below shows all
+    2,709 EyePACS photos decode to identical pixels in every form, so they cannot grade differently; all 10
+    originals are compared at ViT-B/16 size by `scripts/input_form_consistency.py`)."""
+    photos = sorted((real_data_dir / "eyepacs-256" / "train").glob("*.jpeg"))[::100]
+    photos += sorted((real_data_dir / "eyepacs-originals" / "train").glob("*.jpeg"))[::3]
     by_form: dict[str, list] = {}
     for path, from_datasets in zip(photos, _datasets_images(photos), strict=True):
         for name, source in _forms(path, from_datasets).items():

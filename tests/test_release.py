@@ -38,6 +38,12 @@ TRAINING_METRICS = {
         "coral_thresholds": [0.1, 0.2, 0.3, 0.4],
         "prototype_ece_before": 0.12,
         "prototype_ece_after": 0.05,
+        "ordinal_qwk_before": 0.61,
+        "ordinal_qwk_after": 0.66,
+        "ordinal_nll_before": 1.4,
+        "ordinal_nll_after": 1.2,
+        "ordinal_ece_before": 0.2,
+        "ordinal_ece_after": 0.1,
     },
     "data": {"train": {"images": 6, "per_grade": [4, 1, 1, 0, 0]}},
     "conformal": {"calibration_size": 58, "coverage": 0.9},
@@ -86,6 +92,9 @@ def test_card_metadata_and_sections(tiny_model_and_processor) -> None:
     assert "covered the true grade for 93.0% of images with\n1.80 grades" in text
     assert f'model="{REPO_ID}"' in text and "revision=" in text
     assert "[More Information Needed]" not in text
+    assert "CORAL thresholds\n[0.100, 0.200, 0.300, 0.400]." in text
+    assert "(ECE) 0.120 before,\n0.050 after" in text
+    assert "QWK (0.610 before,\n0.660 after)" in text and "ECE\n0.200 before, 0.100 after" in text
 
 
 def test_card_without_reports_says_so(tiny_model_and_processor) -> None:

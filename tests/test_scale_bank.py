@@ -151,3 +151,20 @@ def test_corrupt_id_strings_are_refused_when_the_bank_is_loaded(tmp_path) -> Non
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="image_ids strings are corrupt"):
         FeatureBank.from_pretrained(tmp_path)
+
+
+def test_a_bank_file_above_the_hubs_recommended_size_warns_where_it_was_written(tmp_path, monkeypatch) -> None:
+    """The 20 GB line is a constant; lowering it lets a small bank stand in for a huge one."""
+    from transformers.testing_utils import CaptureLogger
+
+    from retinascan_hf import feature_bank
+
+    bank = FeatureBank(clustered(64, 32, seed=2), torch.arange(64) % 5)
+    with CaptureLogger(feature_bank.logger) as captured:
+        bank.save_pretrained(tmp_path / "small")
+    assert captured.out == ""
+    monkeypatch.setattr(feature_bank, "_HUB_RECOMMENDED_FILE_BYTES", 1024)
+    with CaptureLogger(feature_bank.logger) as captured:
+        path = bank.save_pretrained(tmp_path / "large")
+    assert str(path) in captured.out and "recommended 20 GB" in captured.out
+    assert torch.equal(FeatureBank.from_pretrained(tmp_path / "large").embeddings, bank.embeddings)  # still written

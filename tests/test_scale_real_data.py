@@ -3,8 +3,8 @@
 The camera originals in `../shared/data/eyepacs-originals` are 12-15 MP JPEGs of 1.2-1.5 MB; stored as the
 512 px fundus crop they must take at most 15% of that. And a corpus preprocessed once must grade like the
 originals: the model's input pixels, its embeddings and its grades are compared image by image (the
-tolerances asserted here are the ones README documents; `scripts/benchmark_preprocess.py` measures them on
-every image).
+tolerances asserted here are the ones README documents; `scripts/benchmark_corpus_scale.py` measures the bytes
+saved on the camera originals, `benchmarks/corpus_scale.json`).
 """
 
 from __future__ import annotations

@@ -26,6 +26,12 @@ def test_quickstart_writes_corpus_model_and_metrics(tmp_path, capsys):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["evaluation"]["test"]) == {"knn", "ordinal", "prototype"}
     assert metrics["data"]["train"]["images"] == len(corpus["train"])
+    report = json.loads((tmp_path / "corpus" / "build_report.json").read_text())  # what the model card reads
+    assert {split: sum(report["splits"][split]["synthetic"]) for split in corpus} == {
+        split: len(rows) for split, rows in corpus.items()
+    }
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert f"| synthetic | {len(corpus['train'])} | {len(corpus['validation'])} | {len(corpus['test'])} | 0 |" in card
 
 
 def test_train_command_reads_yaml_and_flags(tmp_path, capsys):

@@ -49,7 +49,6 @@ def test_calibration_lowers_ece_and_thresholds_keep_qwk(trained):
     result = calibrate_model(model, validation, trainer.config)
     assert result.prototype_ece_after < result.prototype_ece_before
     assert result.ordinal_qwk_after >= result.ordinal_qwk_before
-    assert result.expected_grade_qwk_after >= result.expected_grade_qwk_before
     assert model.config.coral_thresholds == result.coral_thresholds
     assert model.config.prototype_calibration_temperature == result.prototype_calibration_temperature
     # The model's own decision now uses the tuned values and scores what calibration measured.

@@ -118,3 +118,22 @@ def test_calibration_needs_two_grades():
     logits = torch.randn(10, 4)
     with pytest.raises(ValueError, match="at least two grades"):
         calibrate(logits, torch.randn(10, 5), torch.zeros(10, dtype=torch.long))
+
+
+def test_ordinal_temperature_is_fitted_for_likelihood_after_thresholds_and_keeps_the_decision():
+    """The defect: the temperature was chosen for the QWK of the expected grade, which sharpened the quickstart
+    model's logits 13-fold and tripled its ordinal ECE. Now the thresholds are tuned first and the temperature
+    minimises the NLL of the distribution the model reports, without moving a single decision."""
+    logits, labels = ordinal_toy()
+    logits = 4.0 * logits  # overconfident: a sigmoid of these is far steeper than the noise allows
+    result = calibrate(logits, torch.randn(len(labels), 5), labels)
+    tuned = tune_coral_thresholds(logits, labels)
+    assert result.coral_thresholds == pytest.approx([value / result.ordinal_temperature for value in tuned])
+    calibrated = ordinal_grades(logits, result.ordinal_temperature, torch.tensor(result.coral_thresholds))
+    assert torch.equal(calibrated, ordinal_grades(logits, 1.0, torch.tensor(tuned)))
+    assert result.ordinal_temperature > 1.0  # overconfident logits are softened, never sharpened
+    at_identity = ordinal_probabilities(logits, 1.0, torch.tensor(tuned))
+    reported = ordinal_probabilities(logits, result.ordinal_temperature, torch.tensor(result.coral_thresholds))
+    nll = lambda probs: float(-probs[torch.arange(len(labels)), labels].log().mean())  # noqa: E731
+    assert result.ordinal_nll_after == pytest.approx(nll(reported)) and nll(reported) < nll(at_identity)
+    assert result.ordinal_ece_after < expected_calibration_error(at_identity.numpy(), labels.numpy())
