@@ -79,15 +79,21 @@ def _value_text(row: dict[str, Any]) -> str:
     return f"{value:,.{digits}f} {row['unit']}"
 
 
-def format_table(results: dict[str, Any]) -> str:
-    """The one table `scripts/benchmark.py` prints."""
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """The rows of the table (header line included), as every benchmark script prints them."""
     lines = [f"{'measurement':<66} {'value':>16} {'ratio':>8} {'target':>9}  status  note"]
-    for row in results["rows"]:
+    for row in rows:
         ratio = "" if row["ratio"] is None else f"{row['ratio']:.3f}"
         status = f"{_status(row):<6}"
         lines.append(
             f"{row['label']:<66} {_value_text(row):>16} {ratio:>8} {_target_text(row):>9}  {status}  {row['note']}"
         )
+    return "\n".join(lines)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The one table `scripts/benchmark.py` prints."""
+    lines = [format_rows(results["rows"])]
     compute = results["compute"]
     machine = results["machine"]
     flags = ", ".join(flag for flag, present in machine["cpu_flags"].items() if present) or "none of note"
@@ -184,6 +190,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Row",
     "Target",
+    "format_rows",
     "format_table",
     "readme_block",
     "render_readme_table",

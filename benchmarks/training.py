@@ -17,10 +17,9 @@ from typing import Any
 import torch
 
 from benchmarks.inference import REFERENCE_TRAIN_SIZE
-from benchmarks.results import Row, Target
 from benchmarks.timing import BenchmarkReport, Measurement, time_call
 from retinascan_hf.synthetic import synthetic_fundus_set
-from retinascan_hf.tiny_clip import random_retinascan, tiny_clip_config, vit_b16_clip_config
+from retinascan_hf.tiny_clip import random_retinascan, vit_b16_clip_config
 from retinascan_hf.training.config import TrainingConfig
 from retinascan_hf.training.splits import CachedSplit
 from retinascan_hf.training.trainer import RetinaScanTrainer, make_accelerator
@@ -120,55 +119,6 @@ def run_training_benchmark(
     return report, summary
 
 
-def bare_eager_head_loop(
-    model: torch.nn.Module, features: torch.Tensor, grades: torch.Tensor, steps: int, config: TrainingConfig
-) -> float:
-    """Seconds for `steps` plain PyTorch steps over the heads: random batches of the trainer's size,
-    `forward_head` + loss + backward + AdamW (`foreach`), no sampler, logging, validation or checkpoints."""
-    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay, foreach=True)
-    batch_size = config.n_per_class * model.config.num_labels
-    generator = torch.Generator().manual_seed(0)
-    model.train()
-    started = time.perf_counter()
-    for _ in range(steps):
-        index = torch.randint(0, features.shape[0], (batch_size,), generator=generator)
-        model.forward_head(features[index], labels=grades[index]).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - started
-
-
-def head_training_rows(work_dir: str | Path, *, train_size: int, num_epochs: int) -> list[Row]:
-    """The trainer's `num_epochs` over cached 512-d features vs a bare eager loop of the same number of steps,
-    both in this run (issue 10, item 6: the trainer should take <= 0.7x the bare loop)."""
-    torch.manual_seed(0)
-    model, _ = random_retinascan(clip_config=tiny_clip_config(projection_dim=512))  # the heads are ViT-B/16's
-    dim = model.config.embedding_dim
-    train = synthetic_feature_split(train_size, 1, dim, seed=1)
-    validation = synthetic_feature_split(max(10, train_size // 10), 1, dim, seed=2)
-    config = TrainingConfig(
-        output_dir=str(work_dir), num_epochs=num_epochs, n_views=1, cpu=True, progress=False, seed=0
-    )
-    trainer = RetinaScanTrainer(model, config, train, validation, make_accelerator(config))
-    started = time.perf_counter()
-    trainer.train()
-    trainer_seconds = time.perf_counter() - started
-    steps = trainer.progress.global_step
-    fresh, _ = random_retinascan(clip_config=tiny_clip_config(projection_dim=512))
-    bare_seconds = bare_eager_head_loop(fresh, train.features[:, 0], train.grades, steps, config)
-    label = f"bare eager head loop, {steps:,} steps of {config.n_per_class * model.config.num_labels}"
-    bare = Row("head_training_bare_loop", label, bare_seconds, "s")
-    trainer_row = Row(
-        "head_training_trainer",
-        f"RetinaScanTrainer, {num_epochs} epochs over {train_size:,} cached features ({steps:,} steps)",
-        trainer_seconds,
-        "s",
-    )
-    trainer_row.relate(bare, target=Target("<=", 0.7), note="/ bare loop (issue 10 item 6, another task's)")
-    return [bare, trainer_row]
-
-
 def format_summary(summary: dict[str, Any]) -> str:
     """The whole-run totals as a small table (extrapolated rows are marked)."""
     epochs, views = summary["num_epochs"], summary["n_views"]
@@ -192,9 +142,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "bare_eager_head_loop",
     "format_summary",
-    "head_training_rows",
     "run_training_benchmark",
     "synthetic_feature_split",
 ]

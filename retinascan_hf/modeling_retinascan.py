@@ -560,8 +560,16 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         """Backbone: pixels `[B, 3, H, W]` -> CLIP image features `[B, D]` (projected pooler output)."""
         return self.backbone_outputs(pixel_values).pooler_output
 
-    def forward_head(self, image_features: torch.Tensor, labels: torch.Tensor | None = None) -> RetinaScanOutput:
-        """Trainable heads on backbone features `[B, D]`; the loss when `labels` `[B]` are given."""
+    def forward_head(
+        self, image_features: torch.Tensor, labels: torch.Tensor | None = None, *, inference_outputs: bool = True
+    ) -> RetinaScanOutput:
+        """Trainable heads on backbone features `[B, D]`; the loss when `labels` `[B]` are given.
+
+        `inference_outputs=False` is the training step's forward: it returns only what the loss is made of (`loss`,
+        `ordinal_logits`, `prototype_logits`, `embeddings`) and skips the calibrated decision outputs (`logits`,
+        `probs`, `predicted_grade`), which no gradient flows through and which a training step never reads; the
+        loss is computed by the same operations either way, so it is the same value.
+        """
         config = self.config
         image_features = image_features.to(self.projection.fc1.weight.dtype)
         standardised = (image_features - self.feature_mean.to(image_features.dtype)) / self.feature_std.to(
@@ -572,7 +580,6 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         ordinal_logits = self.coral(projected)
         prototypes = self.text_prototypes.to(embeddings.dtype)
         prototype_logits = embeddings @ prototypes.T / config.prototype_temperature
-        thresholds = torch.tensor(config.coral_thresholds, device=ordinal_logits.device)
         loss = None
         if labels is not None:
             labels = labels.to(ordinal_logits.device).long()
@@ -580,6 +587,11 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
             loss = loss + config.prototype_loss_weight * focal_loss(
                 prototype_logits.float(), labels, config.focal_gamma
             )
+        if not inference_outputs:
+            return RetinaScanOutput(
+                loss=loss, ordinal_logits=ordinal_logits, prototype_logits=prototype_logits, embeddings=embeddings
+            )
+        thresholds = torch.tensor(config.coral_thresholds, device=ordinal_logits.device)
         return RetinaScanOutput(
             loss=loss,
             logits=ordinal_grade_logits(ordinal_logits, config.ordinal_temperature, thresholds),
@@ -599,8 +611,12 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        inference_outputs: bool = True,
     ) -> RetinaScanOutput | tuple[torch.Tensor, ...]:
         """Grade a batch. Give `pixel_values` `[B, 3, H, W]`, or precomputed `image_features` `[B, D]`.
+
+        `inference_outputs=False` (what the trainer's step passes) leaves out the decision outputs that only
+        inference reads (see [`forward_head`]).
 
         `output_attentions` / `output_hidden_states` (default: the config's) return the CLIP vision tower's
         attentions / hidden states; `return_dict=False` returns a tuple (see [`RetinaScanOutput`]). There is no
@@ -622,7 +638,7 @@ class RetinaScanModel(RetinaScanPreTrainedModel):
                 )
             backbone = self.backbone_outputs(pixel_values.to(self.dtype), output_attentions, output_hidden_states)
             image_features = backbone.pooler_output
-        output = self.forward_head(image_features, labels=labels)
+        output = self.forward_head(image_features, labels=labels, inference_outputs=inference_outputs)
         if backbone is not None and (output_attentions or output_hidden_states):
             # Rebuilt rather than assigned: a ModelOutput field that was None at construction is not a key of it,
             # and `to_tuple()` must keep the field order.

@@ -21,10 +21,10 @@ import tempfile
 
 import torch
 
+from benchmarks.head_training import head_training_rows
 from benchmarks.inference import REFERENCE_TRAIN_SIZE, InferenceSettings, run_inference_suite
 from benchmarks.machine import machine_info
 from benchmarks.results import SCHEMA_VERSION, format_table, update_readme, validate_results
-from benchmarks.training import head_training_rows
 from retinascan_hf.atomic_io import write_json_atomically
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

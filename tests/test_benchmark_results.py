@@ -99,3 +99,23 @@ def test_malformed_results_are_refused(committed_results, damage, message):
     damage(results)
     with pytest.raises(ValueError, match=message):
         validate_results(results)
+
+
+@pytest.mark.slow
+def test_quick_head_training_benchmark_writes_rows_breakdown_and_profiles(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        assert load_script("benchmark_head_training").main(["--quick", "--output-dir", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads((tmp_path / "head_training.json").read_text())
+    rows = {row["id"]: row for row in results["rows"]}
+    assert set(rows) == {"head_training_bare_loop", "head_training_trainer"}
+    trainer = rows["head_training_trainer"]
+    assert trainer["ratio_of"] == "head_training_bare_loop" and trainer["target"] == {"op": "<=", "value": 0.7}
+    assert trainer["ratio"] == pytest.approx(trainer["value"] / rows["head_training_bare_loop"]["value"])
+    phases = results["breakdown"]["trainer_ms_per_step"]
+    assert {"batch", "forward", "backward", "clip", "optimizer", "scheduler", "total"} <= set(phases)
+    assert phases["total"] >= phases["forward"] > 0
+    profile = (tmp_path / "head_training_profile.txt").read_text()
+    assert "RetinaScanTrainer._step" in profile and "bare eager loop step" in profile and "aten::" in profile

@@ -31,6 +31,7 @@ from transformers import HfArgumentParser
 TINY_BACKBONE = "tiny"
 TRACKERS = ("csv", "tensorboard")
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
+OptimizerImplementation = Literal["auto", "fused", "foreach", "for_loop"]
 DEFAULT_CACHE_DIR_HELP = "$HF_HOME/retinascan/feature-cache (HF_HOME defaults to ~/.cache/huggingface)"
 
 
@@ -98,6 +99,19 @@ class TrainingConfig:
     learning_rate: float = _option(1e-4, help="AdamW peak learning rate (cosine schedule after the warm-up)")
     weight_decay: float = _option(1e-4, help="AdamW weight decay")
     warmup_epochs: float = _option(2.0, help="linear learning-rate warm-up, in epochs")
+    optimizer_implementation: OptimizerImplementation = _option(
+        "auto",
+        help="AdamW kernel: 'fused' (one kernel for all parameters), 'foreach' (one kernel per operation), "
+        "'for_loop' (per parameter); 'auto' is fused where the device supports it, else foreach. The same update "
+        "up to float rounding",
+    )
+    torch_compile: bool = _option(
+        False,
+        help="compile the training step's forward and backward with torch.compile (inductor); falls back to eager "
+        "with a warning where compiling is unavailable. Off by default: on CPU about half of the head step is "
+        "matrix products that compiling does not speed up (benchmarks/head_training_profile.txt), and the "
+        "compiled step measured no faster than the eager one there",
+    )
     layerwise_lr_decay: float = _option(
         1.0,
         help="with an unfrozen backbone, CLIP vision layer i of L learns at learning_rate * decay ** (L - i); "

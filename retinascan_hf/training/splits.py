@@ -28,15 +28,18 @@ def epoch_plan(
 ) -> Iterator[BatchPlan]:
     """The batches of `epoch` from `start` on, each row paired with the view it is trained on this time.
 
-    Views are drawn from `(seed, epoch, batch, rank)` alone, so skipping the first `start` batches (resuming
-    mid-epoch) reproduces exactly the batches an uninterrupted run would have seen.
+    Views are drawn for the whole epoch at once from `(seed, epoch, rank)` alone (one generator per epoch, not one
+    per step), so skipping the first `start` batches (resuming mid-epoch) reproduces exactly the batches an
+    uninterrupted run would have seen.
     """
     sampler.set_epoch(epoch)
+    draws = np.random.default_rng([seed, epoch, rank])
+    views: list[list[int]] = []
     for batch, rows in enumerate(sampler):
-        if batch < start:
-            continue
-        views = np.random.default_rng([seed, epoch, batch, rank]).integers(n_views, size=len(rows))
-        yield list(zip(rows, views.tolist(), strict=True))
+        if not views:  # the epoch's views, drawn once the batch size is known
+            views = draws.integers(n_views, size=(len(sampler), len(rows))).tolist()
+        if batch >= start:
+            yield list(zip(rows, views[batch], strict=True))
 
 
 # Cached features up to this size (as float32) are read into memory once: the same values as the memory-mapped
@@ -80,14 +83,18 @@ class CachedSplit:
         return self
 
     def batches(self, plan: Iterator[BatchPlan]) -> Iterator[dict[str, torch.Tensor]]:
+        """Each batch indexes the features directly (no DataLoader: they are already tensors). In-memory features
+        take one `[B, 2]` index copy to their device per batch and are gathered there; memory-mapped ones are
+        gathered on the host and copied over."""
         device = self.grades.device
         for batch in plan:
-            rows, views = (torch.tensor(column) for column in zip(*batch, strict=True))
+            index = torch.tensor(batch, dtype=torch.long).reshape(-1, 2)
             if isinstance(self.features, torch.Tensor):
-                features = self.features[rows.to(self.features.device), views.to(self.features.device)]
+                index = index.to(self.features.device)
+                features = self.features[index[:, 0], index[:, 1]]
             else:
-                features = self.features.gather(rows.numpy(), views.numpy()).to(device)
-            yield {"image_features": features, "labels": self.grades[rows.to(device)]}
+                features = self.features.gather(index[:, 0].numpy(), index[:, 1].numpy()).to(device)
+            yield {"image_features": features, "labels": self.grades[index[:, 0].to(device)]}
 
     def view_features(self, model: RetinaScanModel) -> torch.Tensor:
         """Un-augmented features `[N, D]`; the backbone is frozen, so `model` does not change them."""

@@ -12,6 +12,7 @@ launcher asked for more processes than Accelerate sees (see `check_process_count
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -78,6 +79,7 @@ def make_accelerator(config: TrainingConfig) -> Accelerator:
     trackers = [CSVTracker(RUN_NAME, logs) if name == "csv" else name for name in config.log_with]
     accelerator = Accelerator(
         cpu=use_cpu(config),
+        dynamo_backend="inductor" if config.torch_compile and compile_available() else "no",
         mixed_precision=resolve_mixed_precision(config),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=trackers or None,
@@ -85,6 +87,22 @@ def make_accelerator(config: TrainingConfig) -> Accelerator:
     )
     check_process_count(accelerator.num_processes)
     return accelerator
+
+
+@functools.cache
+def compile_available() -> bool:
+    """Whether `torch.compile` (inductor) works here: compiles and runs a one-line function once per process.
+
+    Compiling fails late, at the first call (no C++ compiler for CPU kernels, an unsupported Python or platform);
+    finding that out in the middle of the first training step would lose the run, so `torch_compile` asks first
+    and trains eagerly, with a warning, where compiling is unavailable.
+    """
+    try:
+        doubled = torch.compile(lambda tensor: tensor * 2)(torch.ones(2))
+        return bool(torch.equal(doubled, torch.full((2,), 2.0)))
+    except Exception as error:  # any failure means "not here"; the reason is logged
+        logger.warning("torch_compile was asked for but torch.compile fails here (%s): training eagerly.", error)
+        return False
 
 
 def check_process_count(num_processes: int) -> None:
@@ -186,7 +204,7 @@ class RetinaScanTrainer:
         )
         self.steps_per_epoch = len(self.sampler) // config.gradient_accumulation_steps
         self.trainable_parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-        optimizer = build_optimizer(model, config)
+        optimizer = build_optimizer(model, config, accelerator.device)
         scheduler = build_scheduler(optimizer, config, self.steps_per_epoch, accelerator.num_processes)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
         self.progress = TrainingProgress()
@@ -196,7 +214,7 @@ class RetinaScanTrainer:
 
     @property
     def unwrapped_model(self) -> RetinaScanModel:
-        return self.accelerator.unwrap_model(self.model)
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
     def resume(self) -> Path | None:
         """Load the newest complete checkpoint, if any; return its folder."""
@@ -323,7 +341,7 @@ class RetinaScanTrainer:
     def _step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         accelerator = self.accelerator
         with accelerator.accumulate(self.model):
-            loss = self.model(**batch).loss
+            loss = self.model(**batch, inference_outputs=False).loss
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(self.trainable_parameters, self.config.max_grad_norm)
