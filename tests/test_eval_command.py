@@ -37,6 +37,14 @@ def two_sources(corpus: datasets.DatasetDict, split: str) -> datasets.DatasetDic
     return datasets.DatasetDict({**corpus, split: renamed})
 
 
+def assert_drawn_picture(path: Path) -> None:
+    """A decodable plot of real size with many grey levels: drawn, not blank."""
+    with Image.open(path) as picture:
+        pixels = np.asarray(picture.convert("L"), dtype=np.float64)
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 200, path.name
+    assert pixels.std() > 10 and len(np.unique(pixels)) > 20, path.name
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A corpus (two sources in test), a model trained on it, and the feature cache training filled."""
@@ -62,10 +70,7 @@ def test_every_file_is_written_and_the_pictures_are_real(evaluated):
     assert {name for name in FILES} <= {path.name for path in output.iterdir()}
     assert not [path for path in output.iterdir() if path.name.startswith(".")]  # no temporary left behind
     for name in FILES[2:]:
-        with Image.open(output / name) as picture:
-            pixels = np.asarray(picture.convert("L"), dtype=np.float64)
-        assert pixels.shape[0] > 200 and pixels.shape[1] > 200
-        assert pixels.std() > 10 and len(np.unique(pixels)) > 20  # drawn, not blank
+        assert_drawn_picture(output / name)
     assert report["files"] == {
         "confusion_matrix": "confusion_matrix.png",
         "reliability_diagram": "reliability_diagram.png",
@@ -217,3 +222,21 @@ def test_training_evaluation_and_metrics_never_import_the_pipeline():
                 if any(part in ("pipeline_retinascan", "loading") for name in names for part in name.split(".")):
                     offenders.append(f"{path.relative_to(package)}:{node.lineno}")
     assert offenders == []
+
+
+def test_evaluate_on_the_quickstart_model_writes_every_file_with_trainings_numbers(tmp_path):
+    """The README's example: `retinascan evaluate` on what `retinascan quickstart` wrote, reading training's feature
+    cache (no backbone pass), agrees with the test-split figures training computed with the same metric module."""
+    run = tmp_path / "retinascan-quickstart"
+    assert main(["quickstart", "--output-dir", str(run), "--no-progress"]) == 0
+    argv = ["evaluate", "--model", str(run / "model"), "--data", str(run / "corpus"), "--no-progress"]
+    assert main([*argv, "--output-dir", str(tmp_path / "report"), "--cache-dir", str(run / "feature-cache")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert {path.name for path in (tmp_path / "report").iterdir()} >= set(FILES)
+    for name in FILES[2:]:
+        assert_drawn_picture(tmp_path / "report" / name)
+    assert report["feature_cache"]["computed"] == 0 and report["feature_cache"]["reused"] == report["images"]
+    trained = json.loads((run / "metrics.json").read_text())["evaluation"]["test"]
+    for mode in SERVED:
+        for key in ("qwk", "accuracy", "mae"):
+            assert report["modes"][mode][key] == pytest.approx(trained[mode][key], abs=1e-9), (mode, key)
