@@ -163,8 +163,7 @@ def render_readme_table(summary: dict[str, Any]) -> str:
         return f"{rate['flagged']:,} / {rate['total']:,} ({100 * rate['rate']:.1f}%)"
 
     quick, quality, real = summary["quickstart"], summary["quality_check_only"], summary["eyepacs_model"]
-    listed = [kind for kind in quick["non_fundus"]["per_kind"] if "round_field" not in kind]
-    disc = [kind for kind in quick["non_fundus"]["per_kind"] if "round_field" in kind]
+    listed, disc = NON_FUNDUS_KINDS, HARD_NON_FUNDUS_KINDS
     per_kind = summary["per_kind"]
     rows = [
         (

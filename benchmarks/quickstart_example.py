@@ -98,9 +98,9 @@ def render_evaluation_excerpt(report_md: str) -> str:
     overview = sections[0].split("\n", 1)[1]  # drop the report's own title
     overview = overview.split("\n- `")[0]  # the table, without the list explaining each mode
     conformal = next(section for section in sections if section.startswith("Conformal grade sets"))
-    title, _, table = conformal.partition("\n")
-    table = table.split("\n\n", 2)[-1] if table.lstrip().startswith("Empirical") else table
-    return wrap(EVALUATION_BLOCK, SOURCE, f"{overview.strip()}\n\n**{title.strip()}**\n\n{table.strip()}")
+    title, _, body = conformal.partition("\n")
+    table = "\n".join(line for line in body.splitlines() if line.startswith("|"))
+    return wrap(EVALUATION_BLOCK, SOURCE, f"{overview.strip()}\n\n**{title.strip()}**\n\n{table}")
 
 
 def update_readme(readme: str | Path, docs: str | Path) -> bool:

@@ -207,8 +207,8 @@ def calibrate(
         grades = ordinal_grades(ordinal_logits, temperature, torch.tensor(cut))
         return _qwk(labels.numpy(), grades.numpy(), num_labels)
 
-    def ordinal_probs(temperature: float, cut: list[float]) -> torch.Tensor:
-        return ordinal_probabilities(ordinal_logits, temperature, torch.tensor(cut))
+    uncalibrated = ordinal_probabilities(ordinal_logits, 1.0, torch.tensor(zeros))
+    calibrated = ordinal_probabilities(ordinal_logits, ordinal_temperature, torch.tensor(thresholds))
 
     def ece(probs: torch.Tensor) -> float:
         return expected_calibration_error(probs, labels.numpy())
@@ -219,10 +219,10 @@ def calibrate(
         coral_thresholds=thresholds,
         ordinal_qwk_before=ordinal_qwk(1.0, zeros),
         ordinal_qwk_after=ordinal_qwk(ordinal_temperature, thresholds),
-        ordinal_nll_before=_negative_log_likelihood(ordinal_probs(1.0, zeros), labels),
-        ordinal_nll_after=_negative_log_likelihood(ordinal_probs(ordinal_temperature, thresholds), labels),
-        ordinal_ece_before=ece(ordinal_probs(1.0, zeros)),
-        ordinal_ece_after=ece(ordinal_probs(ordinal_temperature, thresholds)),
+        ordinal_nll_before=_negative_log_likelihood(uncalibrated, labels),
+        ordinal_nll_after=_negative_log_likelihood(calibrated, labels),
+        ordinal_ece_before=ece(uncalibrated),
+        ordinal_ece_after=ece(calibrated),
         prototype_ece_before=ece(F.softmax(prototype_logits, -1)),
         prototype_ece_after=ece(F.softmax(prototype_logits / prototype_temperature, -1)),
         min_grade_recall=min_grade_recall,
