@@ -143,8 +143,10 @@ def save_synthetic_corpus(
     `build_report.json` a real build writes (images per source and split), so model cards and reports describe
     a quickstart model's training data like any other."""
     grade_counts = grade_counts or DEFAULT_GRADE_COUNTS
-    corpus = synthetic_corpus(grade_counts, size=size, seed=seed)
     total = sum(sum(counts) for counts in grade_counts.values())
+    if total <= 0:
+        raise ValueError(f"A synthetic corpus needs at least one image; grade_counts asks for none: {grade_counts}.")
+    corpus = synthetic_corpus(grade_counts, size=size, seed=seed)
     report = BuildReport(
         protocol="synthetic",
         seed=seed,

@@ -96,3 +96,9 @@ def test_train_help_lists_every_flag(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert exit_info.value.code == 0 and text.startswith("usage: retinascan train")
     assert "--n-per-class" in text and "--config FILE.yaml" in text and "~/.cache/huggingface" in text
+
+
+def test_a_synthetic_corpus_of_no_images_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="at least one image"):
+        save_synthetic_corpus(tmp_path / "corpus", {"train": (0, 0, 0, 0, 0)}, size=32)
+    assert not (tmp_path / "corpus").exists()

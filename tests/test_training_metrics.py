@@ -137,3 +137,13 @@ def test_ordinal_temperature_is_fitted_for_likelihood_after_thresholds_and_keeps
     nll = lambda probs: float(-probs[torch.arange(len(labels)), labels].log().mean())  # noqa: E731
     assert result.ordinal_nll_after == pytest.approx(nll(reported)) and nll(reported) < nll(at_identity)
     assert result.ordinal_ece_after < expected_calibration_error(at_identity.numpy(), labels.numpy())
+
+
+@pytest.mark.parametrize("which", ["ordinal", "prototype"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_validation_logits_are_refused_not_turned_into_thresholds(which, value):
+    logits, labels = ordinal_toy()
+    prototype = torch.randn(len(labels), 5)
+    (logits if which == "ordinal" else prototype)[7, 1] = value
+    with pytest.raises(ValueError, match=rf"non-finite {which} logits for 1 of {len(labels)} validation images"):
+        calibrate(logits, prototype, labels)

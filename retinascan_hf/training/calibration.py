@@ -194,6 +194,13 @@ def calibrate(
     labels = labels.long().cpu()
     if len(labels.unique()) < 2:
         raise ValueError("Calibration needs validation images of at least two grades: QWK means nothing with one.")
+    for name, logits in (("ordinal", ordinal_logits), ("prototype", prototype_logits)):
+        bad = int((~torch.isfinite(logits)).any(dim=-1).sum())
+        if bad:  # NaN would become NaN thresholds: a saved model that refuses to load, or worse, grades
+            raise ValueError(
+                f"Calibration got non-finite {name} logits for {bad} of {len(logits)} validation images: training "
+                "diverged (try a lower learning rate) or the validation features are corrupt."
+            )
     num_labels = prototype_logits.shape[-1]
     zeros = [0.0] * ordinal_logits.shape[-1]
     tuned = zeros
