@@ -143,15 +143,14 @@ def trainer_steps(trainer: RetinaScanTrainer, steps: int) -> Iterator[dict[str, 
 
 def trainer_step_breakdown(trainer: RetinaScanTrainer, steps: int) -> LoopTiming:
     """Time `steps` more training steps of `trainer` (its `_step`, as the loop calls it), split into phases by
-    timing the Accelerate-prepared objects' calls (instance attributes shadow the methods for this trainer only)."""
+    timing the calls it makes (instance attributes shadow the methods for this trainer only). "optimizer" is the
+    step and the clearing of gradients."""
     phases: Counter[str] = Counter()
-    accelerator, optimizer = trainer.accelerator, trainer.optimizer
     shadowed = [
         (trainer.model, "forward", "forward"),
-        (accelerator, "backward", "backward"),
-        (accelerator, "clip_grad_norm_", "clip"),
-        (optimizer, "step", "optimizer"),
-        (optimizer, "zero_grad", "zero_grad"),
+        (trainer.accelerator, "backward", "backward"),
+        (trainer, "_clip_gradients", "clip"),
+        (trainer, "_optimizer_step", "optimizer"),
         (trainer.scheduler, "step", "scheduler"),
     ]
     for owner, attribute, phase in shadowed:

@@ -52,7 +52,7 @@ def bank_rows(size: int, dim: int, kind: str, seed: int) -> tuple[torch.Tensor, 
 def profile_query(bank: FeatureBank, query: torch.Tensor, k: int) -> dict[str, Any]:
     """One query's int8 scan and re-rank timed apart, and how many rows the re-rank had to score."""
     seen: dict[str, float] = {}
-    rerank = bank._rerank
+    rerank = bank.index._rerank
 
     def timed_rerank(query_row, ceiling, rounding, top):
         start = time.perf_counter()
@@ -65,13 +65,13 @@ def profile_query(bank: FeatureBank, query: torch.Tensor, k: int) -> dict[str, A
         seen["counting_ms"] = 1000 * (time.perf_counter() - start)
         return result
 
-    bank._rerank = timed_rerank
+    bank.index._rerank = timed_rerank
     try:
         start = time.perf_counter()
         bank.search(query, k)
         total = 1000 * (time.perf_counter() - start) - seen.pop("counting_ms", 0.0)
     finally:
-        del bank._rerank
+        del bank.index._rerank
     return {"total_ms": round(total, 2), "rerank_ms": round(seen["rerank_ms"], 2), "candidates": seen["candidates"]}
 
 

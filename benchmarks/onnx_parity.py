@@ -159,6 +159,14 @@ def _as_output(tensors: dict[str, torch.Tensor]) -> RetinaScanOutput:
     return RetinaScanOutput(**{key: value for key, value in tensors.items() if key != "valid"})
 
 
+def feature_error_ratio(reference: torch.Tensor, candidate: torch.Tensor) -> float:
+    """How large `candidate`'s error is next to how `reference` features vary between images `[N, D]`: the std of
+    the error over the std across images (averaged over dimensions). Backbone features of a random tower hardly
+    differ between photographs, so this ratio, not the cosine, says how hard the decisions are to keep."""
+    spread = reference.float().std(dim=0).mean()
+    return float((candidate.float() - reference.float()).std() / spread)
+
+
 def compare(
     reference: RetinaScanOutput,
     candidate: RetinaScanOutput,
@@ -189,11 +197,9 @@ def compare(
     for name in ("image_features", "embeddings"):
         cosine = torch.nn.functional.cosine_similarity(getattr(reference, name), getattr(candidate, name))
         result[f"{name}_cosine"] = {"min": round(float(cosine.min()), 6), "mean": round(float(cosine.mean()), 6)}
-    # Backbone features of a random tower hardly differ between photographs: how large int8's error is next to
-    # that variation (std over images, averaged over dimensions) says how hard the decisions are to keep.
-    spread = reference.image_features.std(dim=0).mean()
-    error = (candidate.image_features - reference.image_features).std()
-    result["image_features_error_over_between_image_spread"] = round(float(error / spread), 4)
+    result["image_features_error_over_between_image_spread"] = round(
+        feature_error_ratio(reference.image_features, candidate.image_features), 4
+    )
     for name in ("ordinal_logits", "prototype_logits"):
         result[f"max_abs_{name}_difference"] = round(
             float((getattr(reference, name) - getattr(candidate, name)).abs().max()), 5

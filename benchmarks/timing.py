@@ -85,6 +85,30 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> fl
     return statistics.median(samples)
 
 
+def time_alternately(
+    first: Callable[[], object], second: Callable[[], object], repeats: int = 5, warmup: int = 1, block: int = 5
+) -> tuple[float, float]:
+    """Median wall-clock seconds of `first()` and of `second()`, `repeats` calls each, in alternating blocks of
+    `block` consecutive calls.
+
+    For a ratio of two close times on a shared machine: a neighbour that comes and goes slows both sides alike,
+    where two long runs timed one after the other can each catch a different one. Blocks, not single calls in
+    turn, so each side runs as it would alone (a call right after the other side's finds the caches holding
+    that side's data; the median sets that one call in a block aside).
+    """
+    for _ in range(warmup):
+        first()
+        second()
+    samples: tuple[list[float], list[float]] = ([], [])
+    while len(samples[1]) < repeats:
+        for function, times in zip((first, second), samples, strict=True):
+            for _ in range(min(block, repeats - len(times))):
+                start = time.perf_counter()
+                function()
+                times.append(time.perf_counter() - start)
+    return statistics.median(samples[0]), statistics.median(samples[1])
+
+
 def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
     """Peak resident memory of this process (or, with `RUSAGE_CHILDREN`, of its largest child), in MiB."""
     return resource.getrusage(who).ru_maxrss / 1024.0  # Linux reports KiB

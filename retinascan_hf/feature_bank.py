@@ -67,6 +67,9 @@ _FIRST_CANDIDATES = 32  # rows beyond k re-ranked first, to find a tight exact k
 # random sample bounds its size and cost (an exact search over 4,096 rows) whatever the training set's size.
 OOD_NEIGHBORS = 10
 OOD_REFERENCE_ROWS = 4096
+# The OOD reference is searched through int8 codes from this size: it is scored right after a forward pass has
+# evicted it from cache, where reading a quarter of the bytes matters more than it does in a warm loop.
+_OOD_PREFILTER_MIN_ROWS = 1024
 # Floor of the reference distance, so a reference made of duplicates cannot divide by zero.
 _MIN_OOD_SCALE = 1e-6
 
@@ -111,6 +114,7 @@ class OODReference:
             )
         _check_rows("ood_features", features)
         self.features = torch.nn.functional.normalize(features.detach().float().cpu(), dim=-1)
+        self.index = ExactCosineIndex(self.features, _OOD_PREFILTER_MIN_ROWS, name="OOD reference")
         if (k is None) != (scale is None):
             raise InvalidArtefactError("ood_k and ood_scale come together: give both or neither.", field="ood_k")
         if k is None:
@@ -147,7 +151,12 @@ class OODReference:
             raise FeatureBankMismatchError(
                 f"OOD queries have shape {tuple(queries.shape)}; the reference expects [B, {self.dim}]."
             )
-        return self._mean_distance(queries, self.k) / self.scale
+        scores = torch.full((len(queries),), float("nan"), device=queries.device)
+        finite = torch.isfinite(queries).all(dim=-1)
+        if bool(finite.any()):  # the int8 search cannot code a NaN: such a query keeps its NaN score
+            similarities, _ = self.index.search(queries[finite], self.k)
+            scores[finite] = (1.0 - similarities).mean(dim=-1).to(scores.dtype) / self.scale
+        return scores
 
 
 class FeatureBankMismatchError(ValueError):
@@ -264,7 +273,7 @@ class _Int8Codes:
         scales, residuals, code_norms = (torch.empty(count) for _ in range(3))
         max_norm = 0.0
         for start in range(0, count, _BLOCK_ROWS):
-            rows = embeddings[start : start + _BLOCK_ROWS].float()
+            rows = embeddings[start : start + _BLOCK_ROWS].to(torch.float32, copy=True)  # changed in place below
             block = slice(start, start + len(rows))
             scales[block] = (rows.abs().amax(dim=1) / 127.0).clamp_min(1e-30)
             quantised = torch.round(rows / scales[block, None]).clamp_(-127, 127)
@@ -343,163 +352,62 @@ def _write_safetensors(path: Path, tensors: dict[str, np.ndarray | torch.Tensor]
                 handle.write(np.ascontiguousarray(flat[start : start + step], dtype=array.dtype.newbyteorder("<")))
 
 
-class FeatureBank:
-    """L2-normalised embeddings `[N, D]` with their grades `[N]`, and optional source and image ids.
+class ExactCosineIndex:
+    """Exact cosine top-k over fixed L2-normalised rows `[N, D]`: the search behind the bank's kNN vote and the
+    OOD reference's neighbour distances.
+
+    Small indexes are scanned in float32. Larger CPU indexes (`prefilter_min_rows` and up) are first scanned
+    with int8 codes, built on the first search, then every row the scan's error bound cannot rule out is
+    re-ranked in float32 (see the module docstring): the neighbours of a float32 scan at a quarter of its memory
+    traffic, which is what a search right after a forward pass (which evicts the rows from cache) pays for.
 
     Args:
-        embeddings: `[N, D]` float tensor; normalised on construction and stored as fp16 (half the size,
-            and cosine similarity at fp16 precision does not change neighbours in practice).
-        grades: `N` integer grades.
-        sources, image_ids: optional per-row strings, returned with neighbours for audit trails.
-        num_labels: number of grades (defaults to 5, ICDR).
-        config_hash: the model's [`RetinaScanConfig.embedding_hash`] at build time.
-        ood_reference: the [`OODReference`] of the training images, for `ood_scores` (optional).
-
-    Embeddings holding NaN/inf or an all-zero row are refused: they would vote with meaningless neighbours.
+        rows: L2-normalised `[N, D]` rows, fp16 or float32 (possibly memory-mapped); never copied.
+        prefilter_min_rows: the smallest CPU index searched through int8 codes.
+        name: what error messages call the index.
     """
 
-    # CPU banks with at least this many rows are searched through their int8 codes (plus an exact re-rank);
-    # below it a float32 scan is as fast and needs no codes.
-    prefilter_min_rows = 8192
-
-    def __init__(
-        self,
-        embeddings: torch.Tensor,
-        grades: torch.Tensor | Sequence[int],
-        *,
-        sources: Sequence[str] | None = None,
-        image_ids: Sequence[str] | None = None,
-        num_labels: int = 5,
-        config_hash: str | None = None,
-        ood_reference: OODReference | None = None,
-    ):
-        embeddings = torch.as_tensor(embeddings)
-        if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-            raise InvalidArtefactError(
-                f"Bank embeddings must be a non-empty [N, D] tensor, got shape {tuple(embeddings.shape)}.",
-                field="embeddings",
-            )
-        if not embeddings.is_floating_point():
-            raise FeatureBankMismatchError(f"Bank embeddings must be floating point, got dtype {embeddings.dtype}.")
-        self._set_rows(_normalised_rows(embeddings), grades, sources, image_ids, num_labels, config_hash, ood_reference)
-
-    def _set_rows(
-        self,
-        embeddings: torch.Tensor,
-        grades: torch.Tensor | Sequence[int],
-        sources: Sequence[str] | None,
-        image_ids: Sequence[str] | None,
-        num_labels: int,
-        config_hash: str | None,
-        ood_reference: OODReference | None,
-    ) -> None:
-        """Validate and keep L2-normalised fp16 rows (normalised here, or memory-mapped from a bank file)."""
-        check_number("num_labels", num_labels, integer=True, low=2)
-        grades = torch.as_tensor(grades)
-        if grades.is_floating_point() or grades.dtype == torch.bool:
-            raise InvalidArtefactError(f"Bank grades must be integers, got dtype {grades.dtype}.", field="grades")
-        grades = grades.long().reshape(-1)
-        if grades.shape[0] != embeddings.shape[0]:
-            raise InvalidArtefactError(
-                f"{embeddings.shape[0]} embeddings but {grades.shape[0]} grades.", field="grades"
-            )
-        if grades.min() < 0 or grades.max() >= num_labels:
-            raise InvalidArtefactError(
-                f"Bank grades must lie in [0, {num_labels - 1}], got {grades.min()}..{grades.max()}.", field="grades"
-            )
-        for name, values in (("sources", sources), ("image_ids", image_ids)):
-            strings = isinstance(values, StringColumn) or all(isinstance(value, str) for value in values or ())
-            if values is not None and (len(values) != grades.shape[0] or not strings):
-                raise InvalidArtefactError(
-                    f"{name} must hold one string per bank row ({grades.shape[0]}), got {len(values)} entries.",
-                    field=name,
-                )
-        self.embeddings = embeddings
-        self.grades = grades.cpu()
-        self.sources = sources if sources is None or isinstance(sources, StringColumn) else list(sources)
-        self.image_ids = image_ids if image_ids is None or isinstance(image_ids, StringColumn) else list(image_ids)
-        self.num_labels = num_labels
-        self.config_hash = config_hash
-        self.ood_reference = ood_reference
+    def __init__(self, rows: torch.Tensor, prefilter_min_rows: int = 8192, name: str = "index"):
+        self.rows = rows
+        self.prefilter_min_rows = prefilter_min_rows
+        self.name = name
         self._device_rows: dict[torch.device, torch.Tensor] = {}
         self._codes: _Int8Codes | None = None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return self.embeddings.shape[0]
+        return self.rows.shape[0]
 
     @property
     def dim(self) -> int:
-        return self.embeddings.shape[1]
-
-    def __repr__(self) -> str:
-        counts = torch.bincount(self.grades, minlength=self.num_labels).tolist()
-        return f"FeatureBank(size={len(self)}, dim={self.dim}, grades={counts})"
-
-    def check_compatible(
-        self,
-        embedding_dim: int,
-        config_hash: str | None = None,
-        dtype: torch.dtype | None = None,
-        num_labels: int | None = None,
-    ) -> None:
-        """Raise [`FeatureBankMismatchError`] if this bank cannot serve a model of `embedding_dim`, `dtype` and
-        `num_labels` grades.
-
-        The search runs in float32, so any floating model dtype works with the fp16 bank; a model whose
-        embeddings are not floating point (an integer-quantised export) cannot be searched. A bank voting over
-        another number of grades would return scores of the wrong length (or grades the model cannot name).
-        """
-        if num_labels is not None and num_labels != self.num_labels:
-            raise FeatureBankMismatchError(
-                f"Feature bank votes over {self.num_labels} grades but the model has {num_labels} grades."
-            )
-        if dtype is not None and not dtype.is_floating_point:
-            raise FeatureBankMismatchError(
-                f"Feature bank holds {self.embeddings.dtype} embeddings; the model computes in {dtype}, "
-                "which cannot be compared by cosine similarity."
-            )
-        if embedding_dim != self.dim:
-            raise FeatureBankMismatchError(
-                f"Feature bank holds {self.dim}-d embeddings but the model produces {embedding_dim}-d embeddings."
-            )
-        if self.ood_reference is not None and self.ood_reference.dim != embedding_dim:
-            raise FeatureBankMismatchError(
-                f"Feature bank's OOD reference holds {self.ood_reference.dim}-d image embeddings but the model "
-                f"produces {embedding_dim}-d ones."
-            )
-        if config_hash is not None and self.config_hash is not None and config_hash != self.config_hash:
-            logger.warning(
-                f"Feature bank was built for embedding config {self.config_hash}, the model has {config_hash}: "
-                "neighbours may be meaningless. Rebuild the bank with the current model."
-            )
+        return self.rows.shape[1]
 
     def _rows_on(self, device: torch.device) -> torch.Tensor:
-        """The rows on `device`, moved once: converted to float32 for a small bank, fp16 otherwise (scanned
-        block by block in float32)."""
+        """The rows on `device`, moved once: converted to float32 for a small index, kept as stored otherwise
+        (scanned block by block in float32)."""
         with self._lock:
             if device not in self._device_rows:
-                rows = self.embeddings.to(device)
+                rows = self.rows.to(device)
                 self._device_rows[device] = rows.float() if len(self) < self.prefilter_min_rows else rows
             return self._device_rows[device]
 
     def _int8_codes(self) -> _Int8Codes:
         with self._lock:
             if self._codes is None:
-                self._codes = _Int8Codes.build(self.embeddings)
+                self._codes = _Int8Codes.build(self.rows)
             return self._codes
 
     @torch.no_grad()
     def search(self, queries: torch.Tensor, k: int, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact cosine top-k: `(similarities [B, k], indices [B, k])`, nearest first.
 
-        The bank is scanned in blocks of `chunk_size` rows with a running merge, so memory stays
-        `O(B * chunk_size)` for banks of any size. The neighbours are those of a float32 scan (see the module
+        The rows are scanned in blocks of `chunk_size` with a running merge, so memory stays `O(B * chunk_size)`
+        for indexes of any size. The neighbours are those of a float32 scan (see the module
         docstring for how large CPU banks get there through int8 codes).
         """
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise FeatureBankMismatchError(
-                f"Query embeddings have shape {tuple(queries.shape)}; the feature bank expects [B, {self.dim}]."
+                f"Query embeddings have shape {tuple(queries.shape)}; the {self.name} expects [B, {self.dim}]."
             )
         if not queries.is_floating_point():
             raise FeatureBankMismatchError(f"Query embeddings must be floating point, got dtype {queries.dtype}.")
@@ -564,15 +472,159 @@ class FeatureBank:
         """Exact top-k of one query given `ceiling` `[N]`, a bound each row's float32 similarity stays below
         (up to `rounding`)."""
         first = ceiling.topk(min(len(self), k + _FIRST_CANDIDATES)).indices.sort().values
-        first_sims = self.embeddings[first].float() @ query
+        first_sims = self.rows[first].float() @ query
         kth = float(first_sims.topk(k).values[-1])
         possible = ceiling >= kth - rounding
         possible[first] = False
         rest = possible.nonzero().squeeze(1)
         candidates = torch.cat([first, rest])
-        sims = torch.cat([first_sims, self.embeddings[rest].float() @ query])
+        sims = torch.cat([first_sims, self.rows[rest].float() @ query])
         top_sims, order = sims.topk(k)
         return top_sims, candidates[order]
+
+
+class FeatureBank:
+    """L2-normalised embeddings `[N, D]` with their grades `[N]`, and optional source and image ids.
+
+    Args:
+        embeddings: `[N, D]` float tensor; normalised on construction and stored as fp16 (half the size,
+            and cosine similarity at fp16 precision does not change neighbours in practice).
+        grades: `N` integer grades.
+        sources, image_ids: optional per-row strings, returned with neighbours for audit trails.
+        num_labels: number of grades (defaults to 5, ICDR).
+        config_hash: the model's [`RetinaScanConfig.embedding_hash`] at build time.
+        ood_reference: the [`OODReference`] of the training images, for `ood_scores` (optional).
+
+    Embeddings holding NaN/inf or an all-zero row are refused: they would vote with meaningless neighbours.
+    """
+
+    # CPU banks with at least this many rows are searched through their int8 codes (plus an exact re-rank);
+    # below it a float32 scan is as fast and needs no codes.
+    PREFILTER_MIN_ROWS = 8192
+
+    def __init__(
+        self,
+        embeddings: torch.Tensor,
+        grades: torch.Tensor | Sequence[int],
+        *,
+        sources: Sequence[str] | None = None,
+        image_ids: Sequence[str] | None = None,
+        num_labels: int = 5,
+        config_hash: str | None = None,
+        ood_reference: OODReference | None = None,
+    ):
+        embeddings = torch.as_tensor(embeddings)
+        if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+            raise InvalidArtefactError(
+                f"Bank embeddings must be a non-empty [N, D] tensor, got shape {tuple(embeddings.shape)}.",
+                field="embeddings",
+            )
+        if not embeddings.is_floating_point():
+            raise FeatureBankMismatchError(f"Bank embeddings must be floating point, got dtype {embeddings.dtype}.")
+        self._set_rows(_normalised_rows(embeddings), grades, sources, image_ids, num_labels, config_hash, ood_reference)
+
+    def _set_rows(
+        self,
+        embeddings: torch.Tensor,
+        grades: torch.Tensor | Sequence[int],
+        sources: Sequence[str] | None,
+        image_ids: Sequence[str] | None,
+        num_labels: int,
+        config_hash: str | None,
+        ood_reference: OODReference | None,
+    ) -> None:
+        """Validate and keep L2-normalised fp16 rows (normalised here, or memory-mapped from a bank file)."""
+        check_number("num_labels", num_labels, integer=True, low=2)
+        grades = torch.as_tensor(grades)
+        if grades.is_floating_point() or grades.dtype == torch.bool:
+            raise InvalidArtefactError(f"Bank grades must be integers, got dtype {grades.dtype}.", field="grades")
+        grades = grades.long().reshape(-1)
+        if grades.shape[0] != embeddings.shape[0]:
+            raise InvalidArtefactError(
+                f"{embeddings.shape[0]} embeddings but {grades.shape[0]} grades.", field="grades"
+            )
+        if grades.min() < 0 or grades.max() >= num_labels:
+            raise InvalidArtefactError(
+                f"Bank grades must lie in [0, {num_labels - 1}], got {grades.min()}..{grades.max()}.", field="grades"
+            )
+        for name, values in (("sources", sources), ("image_ids", image_ids)):
+            strings = isinstance(values, StringColumn) or all(isinstance(value, str) for value in values or ())
+            if values is not None and (len(values) != grades.shape[0] or not strings):
+                raise InvalidArtefactError(
+                    f"{name} must hold one string per bank row ({grades.shape[0]}), got {len(values)} entries.",
+                    field=name,
+                )
+        self.embeddings = embeddings
+        self.grades = grades.cpu()
+        self.sources = sources if sources is None or isinstance(sources, StringColumn) else list(sources)
+        self.image_ids = image_ids if image_ids is None or isinstance(image_ids, StringColumn) else list(image_ids)
+        self.num_labels = num_labels
+        self.config_hash = config_hash
+        self.ood_reference = ood_reference
+        self.index = ExactCosineIndex(embeddings, self.PREFILTER_MIN_ROWS, name="feature bank")
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    def __repr__(self) -> str:
+        counts = torch.bincount(self.grades, minlength=self.num_labels).tolist()
+        return f"FeatureBank(size={len(self)}, dim={self.dim}, grades={counts})"
+
+    def check_compatible(
+        self,
+        embedding_dim: int,
+        config_hash: str | None = None,
+        dtype: torch.dtype | None = None,
+        num_labels: int | None = None,
+    ) -> None:
+        """Raise [`FeatureBankMismatchError`] if this bank cannot serve a model of `embedding_dim`, `dtype` and
+        `num_labels` grades.
+
+        The search runs in float32, so any floating model dtype works with the fp16 bank; a model whose
+        embeddings are not floating point (an integer-quantised export) cannot be searched. A bank voting over
+        another number of grades would return scores of the wrong length (or grades the model cannot name).
+        """
+        if num_labels is not None and num_labels != self.num_labels:
+            raise FeatureBankMismatchError(
+                f"Feature bank votes over {self.num_labels} grades but the model has {num_labels} grades."
+            )
+        if dtype is not None and not dtype.is_floating_point:
+            raise FeatureBankMismatchError(
+                f"Feature bank holds {self.embeddings.dtype} embeddings; the model computes in {dtype}, "
+                "which cannot be compared by cosine similarity."
+            )
+        if embedding_dim != self.dim:
+            raise FeatureBankMismatchError(
+                f"Feature bank holds {self.dim}-d embeddings but the model produces {embedding_dim}-d embeddings."
+            )
+        if self.ood_reference is not None and self.ood_reference.dim != embedding_dim:
+            raise FeatureBankMismatchError(
+                f"Feature bank's OOD reference holds {self.ood_reference.dim}-d image embeddings but the model "
+                f"produces {embedding_dim}-d ones."
+            )
+        if config_hash is not None and self.config_hash is not None and config_hash != self.config_hash:
+            logger.warning(
+                f"Feature bank was built for embedding config {self.config_hash}, the model has {config_hash}: "
+                "neighbours may be meaningless. Rebuild the bank with the current model."
+            )
+
+    @property
+    def prefilter_min_rows(self) -> int:
+        """Rows from which a CPU search goes through int8 codes (see [`ExactCosineIndex`]); settable."""
+        return self.index.prefilter_min_rows
+
+    @prefilter_min_rows.setter
+    def prefilter_min_rows(self, rows: int) -> None:
+        self.index.prefilter_min_rows = rows
+
+    def search(self, queries: torch.Tensor, k: int, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact cosine top-k over the bank: `(similarities [B, k], indices [B, k])`, nearest first (see
+        [`ExactCosineIndex.search`])."""
+        return self.index.search(queries, k, chunk_size)
 
     def knn(self, queries: torch.Tensor, k: int = 10, weighting: str = "distance") -> NeighborResult:
         """Vote among the `k` nearest bank rows; `weighting` is `"uniform"` or `"distance"`.

@@ -21,6 +21,7 @@ import copy
 import functools
 import http.client
 import io
+import math
 import numbers
 import os
 import re
@@ -418,6 +419,16 @@ def load_fundus_image(
     return image.reduce(factor) if factor > 1 and not drafted else image
 
 
+def _uint8_percentile(values: np.ndarray, percent: float) -> float:
+    """`np.percentile(values, percent)` (linear interpolation) of uint8 `values`, from a 256-bin histogram: a
+    seventh of the time of the sort-based one on a 256 px frame, which every graded image pays for."""
+    cumulative = np.cumsum(np.bincount(values.ravel(), minlength=256))
+    rank = (values.size - 1) * percent / 100.0
+    below = math.floor(rank)
+    low, high = np.searchsorted(cumulative, [below, min(below + 1, values.size - 1)], side="right")
+    return float(low + (rank - below) * (high - low))
+
+
 def find_fundus_box(
     image: Image.Image,
     *,
@@ -442,8 +453,9 @@ def find_fundus_box(
     factor = -(-max(image.size) // analysis_size)
     small = image.reduce(factor) if factor > 1 else image
     rgb = np.asarray(small)
-    brightness = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32) / 255.0
-    level = max(threshold, 0.15 * float(np.percentile(brightness, 99)))
+    brightest = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+    brightness = brightest.astype(np.float32) / 255.0
+    level = max(threshold, 0.15 * _uint8_percentile(brightest, 99) / 255.0)
     mask = brightness > level
     if float(brightness.std()) < min_contrast:
         raise NoFundusFoundError("a uniform frame (blank, over- or under-exposed)")
@@ -580,38 +592,40 @@ class FundusQuality:
     underexposed_fraction: float = 0.0
 
 
-def _pixel_centres(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column coordinates of pixel centres as a column and a row vector: they broadcast like a full grid
-    (np.mgrid) at a fraction of its cost, which matters in the pipeline's per-image preprocessing."""
-    rows, cols = np.ogrid[0 : shape[0], 0 : shape[1]]
-    return rows + 0.5, cols + 0.5
+def _squared_radial_distance(shape: tuple[int, ...], cx: float, cy: float, radius: float) -> np.ndarray:
+    """Squared distance of every pixel centre from `(cx, cy)`, in units of `radius`, float32 `[H, W]`.
+
+    Squared, so disc membership needs no square root, and separable, so the grid costs one broadcast add of a
+    column and a row: this runs on every image the pipeline grades.
+    """
+    rows = ((np.arange(shape[0], dtype=np.float32) + np.float32(0.5) - np.float32(cy)) / np.float32(radius)) ** 2
+    cols = ((np.arange(shape[1], dtype=np.float32) + np.float32(0.5) - np.float32(cx)) / np.float32(radius)) ** 2
+    return rows[:, None] + cols[None, :]
 
 
 def assess_fundus_quality(image: Image.Image, *, threshold: float = 0.06) -> FundusQuality:
     """Measure field of view, focus and exposure of an RGB picture (a few ms: small copies only)."""
     small = image.resize(_fitted_size(image.size, FOV_ANALYSIS_SIZE), Image.Resampling.BOX)
-    brightness = np.asarray(small, np.float32).max(axis=-1) / 255.0
+    brightness = np.asarray(small).max(axis=-1).astype(np.float32) / np.float32(255.0)  # max before converting
     bright = brightness > max(threshold, _otsu_level(brightness))
     circle = _fit_circle(bright)
     if circle is None:
         return FundusQuality(field_of_view_found=False)
     cx, cy, radius = circle
-    rows, cols = _pixel_centres(bright.shape)
-    distance = np.hypot(cols - cx, rows - cy) / radius
-    inside, outside = distance < 0.93, distance > 1.07
+    distance = _squared_radial_distance(bright.shape, cx, cy, radius)
+    inside, outside = distance < 0.93**2, distance > 1.07**2
     if inside.sum() < 16 or outside.mean() < 0.02:  # no surround left to see: not a fundus camera's frame
         return FundusQuality(field_of_view_found=False)
 
     detail = image.resize(_fitted_size(image.size, FOCUS_ANALYSIS_SIZE), Image.Resampling.BILINEAR)
     luminance = np.asarray(detail.convert("L"), np.float32) / 255.0
     scale = luminance.shape[1] / bright.shape[1]
-    rows, cols = _pixel_centres(luminance.shape)
-    detail_distance = np.hypot(cols - cx * scale, rows - cy * scale) / (radius * scale)
+    detail_distance = _squared_radial_distance(luminance.shape, cx * scale, cy * scale, radius * scale)
     laplacian = (
         luminance[:-2, 1:-1] + luminance[2:, 1:-1] + luminance[1:-1, :-2] + luminance[1:-1, 2:]
     ) - 4.0 * luminance[1:-1, 1:-1]
-    core = detail_distance[1:-1, 1:-1] < 0.85
-    disc = luminance[detail_distance < 0.93]
+    core = detail_distance[1:-1, 1:-1] < 0.85**2
+    disc = luminance[detail_distance < 0.93**2]
     focus = float(laplacian[core].std() / max(float(luminance[1:-1, 1:-1][core].mean()), 1e-3)) if core.any() else 0.0
     return FundusQuality(
         field_of_view_found=True,
@@ -973,13 +987,25 @@ class RetinaScanImageProcessor(BaseImageProcessor):
         return PreparedFundus(picture, quality, self.quality_problems(quality))
 
     def normalize_image(self, image: Image.Image) -> np.ndarray:
-        """RGB PIL image -> float32 CHW array, rescaled to [0, 1] and CLIP-normalised."""
-        array = np.asarray(image, dtype=np.float32)
-        if self.do_rescale:
-            array = array * np.float32(self.rescale_factor)
-        if self.do_normalize:
-            array = (array - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
-        return np.ascontiguousarray(array.transpose(2, 0, 1))
+        """RGB PIL image -> float32 CHW array, rescaled to [0, 1] and CLIP-normalised.
+
+        Each channel is computed in place straight into the CHW output from the uint8 pixels, with the float32
+        operations of `(x * rescale_factor - mean) / std` in that order, so the values are bit for bit those of
+        the plain array expression, at a third of its time (no float copy of the HWC image, no transposing copy):
+        this runs on every image graded.
+        """
+        pixels = np.asarray(image)
+        mean, std = np.asarray(self.image_mean, np.float32), np.asarray(self.image_std, np.float32)
+        array = np.empty((3, *pixels.shape[:2]), np.float32)
+        for channel, plane in enumerate(array):
+            if self.do_rescale:
+                np.multiply(pixels[..., channel], np.float32(self.rescale_factor), out=plane)
+            else:
+                plane[...] = pixels[..., channel]
+            if self.do_normalize:
+                plane -= mean[channel]
+                plane /= std[channel]
+        return array
 
     def preprocess(self, images: FundusInput | Sequence[FundusInput], **kwargs: Any) -> BatchFeature:
         """Process one input, a list of inputs, or a 4-D array/tensor batch into `pixel_values` `[B, 3, size, size]`.

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,8 +169,12 @@ def _export_fp32(model: RetinaScanModel, example: torch.Tensor, target: Path, op
     program.save(str(target), external_data=False)
 
 
-def _quantize(source: Path, target: Path, method: str, calibration: np.ndarray | None) -> dict[str, Any]:
-    """Quantise `source` to int8 at `target`; return the settings for the export record."""
+def quantize_onnx(
+    source: Path, target: Path, method: str, calibration: np.ndarray | None, keep_fp32: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Quantise `source` to int8 at `target`, leaving the heads and the nodes named in `keep_fp32` in float32
+    (`benchmarks/int8_sensitivity.py` measures what keeping image-tower layers costs and buys); return the
+    settings for the export record."""
     _, quantization = _import_quantization()
     settings: dict[str, Any] = {
         "method": method,
@@ -180,7 +184,7 @@ def _quantize(source: Path, target: Path, method: str, calibration: np.ndarray |
     common = {
         "per_channel": True,
         "weight_type": quantization.QuantType.QInt8,
-        "nodes_to_exclude": head_node_names(source),
+        "nodes_to_exclude": head_node_names(source) + list(keep_fp32),
     }
     with _quiet_root_logger():
         if method == "dynamic":
@@ -269,7 +273,7 @@ def export_onnx(
         _export_fp32(model, check_batch, fp32_path, opset)
         variants = {"fp32": {}}
         if int8:
-            settings = _quantize(fp32_path, staging / ONNX_VARIANT_FILES["int8"], quantization, calibration)
+            settings = quantize_onnx(fp32_path, staging / ONNX_VARIANT_FILES["int8"], quantization, calibration)
             variants["int8"] = {"quantization": settings}
         for variant, entry in variants.items():
             path = staging / ONNX_VARIANT_FILES[variant]
@@ -296,4 +300,5 @@ __all__ = [
     "export_onnx",
     "head_node_names",
     "load_calibration_images",
+    "quantize_onnx",
 ]

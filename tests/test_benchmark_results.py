@@ -15,6 +15,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks/ lives beside the library, not inside it
 
+from benchmarks.int8_sensitivity import LAYER_MATMULS  # noqa: E402
 from benchmarks.results import (  # noqa: E402
     README_END,
     README_START,
@@ -29,6 +30,7 @@ QUICK_ROW_IDS = {
     "torch_int8",
     "ort_fp32",
     "ort_int8",
+    "ort_int8_paired",
     "pipeline_int8_256px",
     "pillow_draft_decode",
     "decode_crop_resize",
@@ -119,3 +121,18 @@ def test_quick_head_training_benchmark_writes_rows_breakdown_and_profiles(tmp_pa
     assert phases["total"] >= phases["forward"] > 0
     profile = (tmp_path / "head_training_profile.txt").read_text()
     assert "RetinaScanTrainer._step" in profile and "bare eager loop step" in profile and "aten::" in profile
+
+
+@pytest.mark.slow
+def test_quick_int8_sensitivity_keeps_every_group_and_nothing_quantised_leaves_no_error(tmp_path):
+    output = tmp_path / "int8.json"
+    assert load_script("benchmark_int8_sensitivity").main(["--quick", "--threads", "1", "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    rows = {row["kept_in_fp32"]: row for row in results["rows"]}
+    default, everything = rows["none (the default export)"], rows["everything (no int8 left)"]
+    assert default["nodes_kept"] == 0 and default["feature_error_ratio"] > 0 and default["error_vs_default"] == 1
+    assert everything["feature_error_ratio"] < 1e-5  # the check can tell float32 from int8
+    num_layers = rows["MLP fc2, all layers"]["nodes_kept"]  # one fc2 per encoder layer
+    assert rows["first encoder layer"]["nodes_kept"] == len(LAYER_MATMULS)
+    assert everything["nodes_kept"] == len(LAYER_MATMULS) * num_layers + 2  # + visual projection + patch conv
+    assert all(row["ms_per_image"] > 0 and row["feature_error_ratio"] >= 0 for row in results["rows"])

@@ -15,7 +15,7 @@ from retinascan_hf import (
     RetinaScanImageProcessor,
     RetinaScanInputError,
 )
-from retinascan_hf.image_processing_retinascan import find_fundus_box, load_fundus_image
+from retinascan_hf.image_processing_retinascan import _uint8_percentile, find_fundus_box, load_fundus_image
 from retinascan_hf.synthetic import render_fundus
 
 
@@ -47,6 +47,42 @@ def test_output_shape_dtype_and_normalisation(processor):
     assert str(pixels.dtype) == "torch.float32"
     black = (0.0 - np.array(processor.image_mean)) / np.array(processor.image_std)
     assert np.allclose(pixels[0, :, 0, 0].numpy(), black, atol=1e-5)  # corner stays background
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"do_normalize": False},
+        {"do_rescale": False},
+        {"do_rescale": False, "do_normalize": False},
+        {"image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.3, 0.25], "rescale_factor": 1 / 127.5},
+    ],
+)
+def test_normalisation_is_the_textbook_formula_in_chw(options):
+    processor = RetinaScanImageProcessor(size=32, **options)
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    expected = pixels.astype(np.float64) * (processor.rescale_factor if processor.do_rescale else 1.0)
+    if processor.do_normalize:
+        expected = (expected - np.array(processor.image_mean)) / np.array(processor.image_std)
+    array = processor.normalize_image(Image.fromarray(pixels))
+    assert array.dtype == np.float32 and array.shape == (3, 32, 40) and array.flags.c_contiguous
+    np.testing.assert_allclose(array, expected.transpose(2, 0, 1), rtol=1e-6, atol=1e-6)
+    # bit for bit the float32 array expression (a trained model sees exactly the pixels it was trained on)
+    plain = pixels.astype(np.float32)
+    if processor.do_rescale:
+        plain = plain * np.float32(processor.rescale_factor)
+    if processor.do_normalize:
+        plain = (plain - np.asarray(processor.image_mean, np.float32)) / np.asarray(processor.image_std, np.float32)
+    np.testing.assert_array_equal(array, plain.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_histogram_percentile_equals_numpys(seed):
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, int(rng.integers(1, 257)), size=int(rng.integers(1, 5000)), dtype=np.uint8)
+    for percent in (0, 1, 50, 99, 100, 37.5):
+        assert _uint8_percentile(values, percent) == pytest.approx(float(np.percentile(values, percent)), abs=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -103,6 +103,20 @@ def test_ood_reference_scale_is_the_median_leave_one_out_distance():
     )
 
 
+@pytest.mark.parametrize("rows", [50, 3000])  # below and above the size searched through int8 codes
+def test_ood_scores_equal_a_dense_float32_scan_and_nan_stays_nan(rows):
+    generator = torch.Generator().manual_seed(rows)
+    reference = OODReference(torch.randn(rows, 32, generator=generator))
+    assert (len(reference.features) >= reference.index.prefilter_min_rows) == (rows == 3000)
+    queries = torch.cat([torch.randn(20, 32, generator=generator), reference.features[:3] * 5.0])
+    queries[4, 7] = float("nan")
+    dense = 1.0 - (torch.nn.functional.normalize(queries, dim=-1) @ reference.features.T).topk(reference.k).values
+    expected = dense.mean(dim=-1) / reference.scale
+    scores = reference.scores(queries)
+    assert torch.isnan(scores[4]) and torch.isfinite(scores[torch.arange(len(queries)) != 4]).all()
+    assert torch.allclose(scores[:4], expected[:4], atol=1e-5) and torch.allclose(scores[5:], expected[5:], atol=1e-5)
+
+
 def test_ood_reference_samples_at_most_its_row_limit():
     features = torch.randn(50, 8)
     assert len(OODReference.sample(features, max_rows=20).features) == 20

@@ -78,6 +78,24 @@ def test_fast_path_weights_match_the_previous_optimizer_within_float_tolerance(t
     torch.testing.assert_close(foreach, previous, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_stepping_the_plain_optimizer_equals_stepping_through_accelerate(tmp_path, monkeypatch, accumulation):
+    direct = trained_weights(tmp_path / "direct", gradient_accumulation_steps=accumulation)
+    monkeypatch.setattr(trainer_module, "plain_optimizer", lambda accelerator, prepared: None)
+    wrapped = trained_weights(tmp_path / "wrapped", gradient_accumulation_steps=accumulation)
+    assert torch.equal(direct, wrapped)  # the same operations in the same order: bit for bit
+
+
+def test_the_plain_optimizer_is_used_only_where_accelerates_wrapper_adds_nothing(tmp_path):
+    config = small_config(tmp_path, log_with=[])
+    accelerator = make_accelerator(config)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+    prepared = accelerator.prepare(optimizer)
+    assert trainer_module.plain_optimizer(accelerator, prepared) is optimizer
+    accelerator.scaler = torch.amp.GradScaler("cpu")  # fp16 loss scaling: the wrapper unscales and may skip steps
+    assert trainer_module.plain_optimizer(accelerator, prepared) is None
+
+
 @pytest.mark.slow
 def test_compiled_training_matches_eager_within_float_tolerance(tmp_path, monkeypatch):
     if not trainer_module.compile_available():

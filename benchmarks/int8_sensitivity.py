@@ -1,0 +1,166 @@
+"""Which layers does int8 error come from (issue 10, item 3)? The image tower quantised with groups of its layers
+kept in float32, one group at a time, each against the fp32 export on the same photographs.
+
+Agreement of int8 and fp32 grades is decided by how far int8 moves an image's features *relative to how far
+images' features lie apart* (`feature_error_ratio`), not by their cosine (0.9998 here): a random-weight tower maps
+every photograph to nearly the same feature vector. If one group of layers caused most of that error, keeping it in
+float32 would buy agreement at a small speed cost; each row says how much error is left and what the graph then
+costs per image, both against the default export in the same run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.onnx_parity import feature_error_ratio
+from benchmarks.timing import time_call
+from retinascan_hf.onnx_backend import ONNX_INPUT_NAME, ONNX_SUBFOLDER, ONNX_VARIANT_FILES
+from retinascan_hf.onnx_export import export_onnx, head_node_names, quantize_onnx
+from retinascan_hf.synthetic import synthetic_fundus_set
+from retinascan_hf.tiny_clip import random_retinascan, tiny_clip_config, vit_b16_clip_config
+
+# Per encoder layer the exported graph holds six weight MatMuls, in this order (CLIPEncoderLayer's Linear layers).
+LAYER_MATMULS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+def weight_matmuls(model_path: str | Path) -> list[str]:
+    """The image tower's matrix products with a weight (initializer) operand, in graph order: the quantiser's
+    targets (MatMul nodes, and the visual projection's Gemm, which the exporter emits for a 2-D input)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    weights = {initializer.name for initializer in graph.initializer}
+    heads = set(head_node_names(model_path))
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type in ("MatMul", "Gemm") and node.input[1] in weights and node.name not in heads
+    ]
+
+
+def layer_groups(model_path: str | Path, num_layers: int) -> dict[str, list[str]]:
+    """Named groups of nodes to keep in float32: none, the patch embedding, the first and last encoder layers,
+    the final projection, each kind of Linear across all layers, and everything (which must leave no error)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    convs = [node.name for node in graph.node if node.op_type == "Conv"]
+    matmuls = weight_matmuls(model_path)
+    per_layer = len(LAYER_MATMULS)
+    if len(matmuls) != per_layer * num_layers + 1:
+        raise ValueError(
+            f"Expected {per_layer} weight MatMuls per layer x {num_layers} layers + the visual projection, found "
+            f"{len(matmuls)}: the exported graph's layout changed, so the groups below would be wrong."
+        )
+
+    def kind(*names: str) -> list[str]:
+        slots = [LAYER_MATMULS.index(name) for name in names]
+        return [matmuls[layer * per_layer + slot] for layer in range(num_layers) for slot in slots]
+
+    return {
+        "none (the default export)": [],
+        "patch embedding (Conv)": convs,
+        "first encoder layer": matmuls[:per_layer],
+        "last encoder layer": matmuls[-1 - per_layer : -1],
+        "visual projection": matmuls[-1:],
+        "attention q/k/v/out, all layers": kind("q_proj", "k_proj", "v_proj", "out_proj"),
+        "MLP fc1, all layers": kind("fc1"),
+        "MLP fc2, all layers": kind("fc2"),
+        "everything (no int8 left)": convs + matmuls,
+    }
+
+
+def _features(session: Any, pixel_values: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate(
+        [
+            session.run(["image_features"], {ONNX_INPUT_NAME: pixel_values[start : start + batch_size]})[0]
+            for start in range(0, len(pixel_values), batch_size)
+        ]
+    )
+
+
+def _session(path: Path, threads: int) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_int8_sensitivity(
+    work_dir: str | Path,
+    photographs: Sequence[str | Path] = (),
+    *,
+    quick: bool = False,
+    threads: int = 2,
+    batch_size: int = 16,
+    repeats: int = 5,
+) -> dict[str, Any]:
+    """Export a random-weight model (ViT-B/16, or tiny with `quick`), then for each group of `layer_groups`
+    quantise with it kept in float32 and measure `feature_error_ratio` on `photographs` (synthetic fundus
+    pictures when none are given) and the batch-1 time of the graph, relative to the default int8 export."""
+    work_dir = Path(work_dir)
+    clip_config = tiny_clip_config() if quick else vit_b16_clip_config()
+    model, processor = random_retinascan(clip_config=clip_config, seed=0)
+    model.save_pretrained(work_dir)
+    processor.save_pretrained(work_dir)
+    export_onnx(work_dir)
+    source = work_dir / ONNX_SUBFOLDER / ONNX_VARIANT_FILES["fp32"]
+    images = [str(path) for path in photographs] or synthetic_fundus_set(list(range(5)) * 4, size=128)
+    pixel_values = processor(images, return_tensors="np")["pixel_values"]
+    reference = torch.from_numpy(_features(_session(source, threads), pixel_values, batch_size))
+    single = pixel_values[:1]
+    rows = []
+    for name, keep in layer_groups(source, clip_config.vision_config.num_hidden_layers).items():
+        target = work_dir / "int8_variant.onnx"
+        started = time.perf_counter()
+        # The quantiser rewrites a Gemm `X` as a MatMul `X_MatMul` before it applies exclusions: name both.
+        quantize_onnx(source, target, "dynamic", None, keep_fp32=keep + [f"{name}_MatMul" for name in keep])
+        quantise_seconds = time.perf_counter() - started
+        session = _session(target, threads)
+        features = torch.from_numpy(_features(session, pixel_values, batch_size))
+        milliseconds = 1e3 * time_call(lambda session=session: session.run(None, {ONNX_INPUT_NAME: single}), repeats, 2)
+        rows.append(
+            {
+                "kept_in_fp32": name,
+                "nodes_kept": len(keep),
+                "feature_error_ratio": round(feature_error_ratio(reference, features), 5),
+                "ms_per_image": round(milliseconds, 3),
+                "quantise_seconds": round(quantise_seconds, 1),
+            }
+        )
+        del session
+        target.unlink()
+    default = rows[0]
+    for row in rows:
+        row["error_vs_default"] = round(row["feature_error_ratio"] / default["feature_error_ratio"], 4)
+        row["time_vs_default"] = round(row["ms_per_image"] / default["ms_per_image"], 4)
+    return {
+        "model": "tiny CLIP, random weights" if quick else "CLIP ViT-B/16, 224 px, random weights",
+        "images": len(pixel_values),
+        "threads": threads,
+        "quantisation": "dynamic, int8 weights per output channel, uint8 activations (the export's default)",
+        "rows": rows,
+    }
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = [
+        f"{results['model']}, {results['images']} images, {results['threads']} threads",
+        f"{'kept in float32':<36} {'nodes':>5} {'error ratio':>11} {'x default':>9} {'ms/image':>9} {'x default':>9}",
+    ]
+    for row in results["rows"]:
+        lines.append(
+            f"{row['kept_in_fp32']:<36} {row['nodes_kept']:>5} {row['feature_error_ratio']:>11.4f} "
+            f"{row['error_vs_default']:>9.3f} {row['ms_per_image']:>9.2f} {row['time_vs_default']:>9.3f}"
+        )
+    return "\n".join(lines)
+
+
+__all__ = ["LAYER_MATMULS", "format_table", "layer_groups", "run_int8_sensitivity", "weight_matmuls"]
