@@ -5,7 +5,8 @@ Agreement of int8 and fp32 grades is decided by how far int8 moves an image's fe
 images' features lie apart* (`feature_error_ratio`), not by their cosine (0.9998 here): a random-weight tower maps
 every photograph to nearly the same feature vector. If one group of layers caused most of that error, keeping it in
 float32 would buy agreement at a small speed cost; each row says how much error is left and what the graph then
-costs per image, both against the default export in the same run.
+costs per image, both against the export's default in the same run (the times in alternating blocks). The
+first rows are why the export keeps the position lookup, the patch embedding and the visual projection in float32.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import numpy as np
 import torch
 
 from benchmarks.onnx_parity import feature_error_ratio
-from benchmarks.timing import time_call
+from benchmarks.timing import time_alternately, time_call
 from retinascan_hf.onnx_backend import ONNX_INPUT_NAME, ONNX_SUBFOLDER, ONNX_VARIANT_FILES
-from retinascan_hf.onnx_export import export_onnx, head_node_names, quantize_onnx
+from retinascan_hf.onnx_export import export_onnx, float32_node_names, head_node_names, quantize_onnx
 from retinascan_hf.synthetic import synthetic_fundus_set
 from retinascan_hf.tiny_clip import random_retinascan, tiny_clip_config, vit_b16_clip_config
 
+DEFAULT = "the export's default (heads, lookups, patch embedding, visual projection)"
 # Per encoder layer the exported graph holds six weight MatMuls, in this order (CLIPEncoderLayer's Linear layers).
 LAYER_MATMULS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
@@ -44,12 +46,14 @@ def weight_matmuls(model_path: str | Path) -> list[str]:
     ]
 
 
-def layer_groups(model_path: str | Path, num_layers: int) -> dict[str, list[str]]:
-    """Named groups of nodes to keep in float32: none, the patch embedding, the first and last encoder layers,
-    the final projection, each kind of Linear across all layers, and everything (which must leave no error)."""
+def float32_choices(model_path: str | Path, num_layers: int) -> dict[str, list[str]]:
+    """Named choices of image-tower nodes to keep in float32 (the heads always are): the heads alone, each of the
+    three parts the export keeps besides them, the export's default, the default plus a group of encoder Linear
+    layers, and everything (which must leave no error)."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
+    lookups = [node.name for node in graph.node if node.op_type == "Gather"]
     convs = [node.name for node in graph.node if node.op_type == "Conv"]
     matmuls = weight_matmuls(model_path)
     per_layer = len(LAYER_MATMULS)
@@ -58,21 +62,28 @@ def layer_groups(model_path: str | Path, num_layers: int) -> dict[str, list[str]
             f"Expected {per_layer} weight MatMuls per layer x {num_layers} layers + the visual projection, found "
             f"{len(matmuls)}: the exported graph's layout changed, so the groups below would be wrong."
         )
+    projection = matmuls[-1:]
+    heads = set(head_node_names(model_path))
+    default = [name for name in float32_node_names(model_path) if name not in heads and not name.endswith("_MatMul")]
+    if sorted(default) != sorted(lookups + convs + projection):
+        raise ValueError(f"The export's float32 parts changed ({sorted(default)}): update these choices.")
 
     def kind(*names: str) -> list[str]:
         slots = [LAYER_MATMULS.index(name) for name in names]
         return [matmuls[layer * per_layer + slot] for layer in range(num_layers) for slot in slots]
 
     return {
-        "none (the default export)": [],
-        "patch embedding (Conv)": convs,
-        "first encoder layer": matmuls[:per_layer],
-        "last encoder layer": matmuls[-1 - per_layer : -1],
-        "visual projection": matmuls[-1:],
-        "attention q/k/v/out, all layers": kind("q_proj", "k_proj", "v_proj", "out_proj"),
-        "MLP fc1, all layers": kind("fc1"),
-        "MLP fc2, all layers": kind("fc2"),
-        "everything (no int8 left)": convs + matmuls,
+        DEFAULT: default,
+        "heads only (the export before 2026-11-29)": [],
+        "heads + position-embedding lookup": lookups,
+        "heads + patch embedding (Conv)": convs,
+        "heads + visual projection": projection,
+        "default + first encoder layer": default + matmuls[:per_layer],
+        "default + last encoder layer": default + matmuls[-1 - per_layer : -1],
+        "default + attention q/k/v/out, all layers": default + kind("q_proj", "k_proj", "v_proj", "out_proj"),
+        "default + MLP fc1, all layers": default + kind("fc1"),
+        "default + MLP fc2, all layers": default + kind("fc2"),
+        "everything (no int8 left)": lookups + convs + matmuls,
     }
 
 
@@ -100,11 +111,11 @@ def run_int8_sensitivity(
     quick: bool = False,
     threads: int = 2,
     batch_size: int = 16,
-    repeats: int = 5,
+    repeats: int = 20,
 ) -> dict[str, Any]:
     """Export a random-weight model (ViT-B/16, or tiny with `quick`), then for each group of `layer_groups`
     quantise with it kept in float32 and measure `feature_error_ratio` on `photographs` (synthetic fundus
-    pictures when none are given) and the batch-1 time of the graph, relative to the default int8 export."""
+    pictures when none are given) and the batch-1 time of the graph, relative to the export's default."""
     work_dir = Path(work_dir)
     clip_config = tiny_clip_config() if quick else vit_b16_clip_config()
     model, processor = random_retinascan(clip_config=clip_config, seed=0)
@@ -115,32 +126,41 @@ def run_int8_sensitivity(
     images = [str(path) for path in photographs] or synthetic_fundus_set(list(range(5)) * 4, size=128)
     pixel_values = processor(images, return_tensors="np")["pixel_values"]
     reference = torch.from_numpy(_features(_session(source, threads), pixel_values, batch_size))
-    single = pixel_values[:1]
-    rows = []
-    for name, keep in layer_groups(source, clip_config.vision_config.num_hidden_layers).items():
-        target = work_dir / "int8_variant.onnx"
+    single = {ONNX_INPUT_NAME: pixel_values[:1]}
+    rows, default_session = [], None
+    heads = head_node_names(source)
+    for index, (name, keep) in enumerate(float32_choices(source, clip_config.vision_config.num_hidden_layers).items()):
+        target = work_dir / f"int8_choice_{index}.onnx"
         started = time.perf_counter()
         # The quantiser rewrites a Gemm `X` as a MatMul `X_MatMul` before it applies exclusions: name both.
-        quantize_onnx(source, target, "dynamic", None, keep_fp32=keep + [f"{name}_MatMul" for name in keep])
+        quantize_onnx(source, target, "dynamic", None, keep_fp32=heads + keep + [f"{node}_MatMul" for node in keep])
         quantise_seconds = time.perf_counter() - started
         session = _session(target, threads)
+        target.unlink()  # the session holds the graph
         features = torch.from_numpy(_features(session, pixel_values, batch_size))
-        milliseconds = 1e3 * time_call(lambda session=session: session.run(None, {ONNX_INPUT_NAME: single}), repeats, 2)
+        # Batch-1 time in alternating blocks with the default graph's (the first choice), as a ratio to it.
+        if default_session is None:
+            default_session = session
+            default_seconds = seconds = time_call(lambda session=session: session.run(None, single), repeats, 2)
+        else:
+            default_seconds, seconds = time_alternately(
+                lambda default=default_session: default.run(None, single),
+                lambda session=session: session.run(None, single),
+                repeats,
+                2,
+            )
         rows.append(
             {
                 "kept_in_fp32": name,
-                "nodes_kept": len(keep),
+                "tower_nodes_in_fp32": len(keep),
                 "feature_error_ratio": round(feature_error_ratio(reference, features), 5),
-                "ms_per_image": round(milliseconds, 3),
+                "ms_per_image": round(seconds * 1e3, 3),
+                "time_vs_default": round(seconds / default_seconds, 4),
                 "quantise_seconds": round(quantise_seconds, 1),
             }
         )
-        del session
-        target.unlink()
-    default = rows[0]
     for row in rows:
-        row["error_vs_default"] = round(row["feature_error_ratio"] / default["feature_error_ratio"], 4)
-        row["time_vs_default"] = round(row["ms_per_image"] / default["ms_per_image"], 4)
+        row["error_vs_default"] = round(row["feature_error_ratio"] / rows[0]["feature_error_ratio"], 4)
     return {
         "model": "tiny CLIP, random weights" if quick else "CLIP ViT-B/16, 224 px, random weights",
         "images": len(pixel_values),
@@ -151,16 +171,24 @@ def run_int8_sensitivity(
 
 
 def format_table(results: dict[str, Any]) -> str:
+    width = max(len(row["kept_in_fp32"]) for row in results["rows"])
     lines = [
-        f"{results['model']}, {results['images']} images, {results['threads']} threads",
-        f"{'kept in float32':<36} {'nodes':>5} {'error ratio':>11} {'x default':>9} {'ms/image':>9} {'x default':>9}",
+        f"{results['model']}, {results['images']} images, {results['threads']} threads; ratios to the first row",
+        f"{'kept in float32':<{width}} {'tower nodes':>11} {'error ratio':>11} {'x':>6} {'ms/image':>9} {'x':>6}",
     ]
     for row in results["rows"]:
         lines.append(
-            f"{row['kept_in_fp32']:<36} {row['nodes_kept']:>5} {row['feature_error_ratio']:>11.4f} "
-            f"{row['error_vs_default']:>9.3f} {row['ms_per_image']:>9.2f} {row['time_vs_default']:>9.3f}"
+            f"{row['kept_in_fp32']:<{width}} {row['tower_nodes_in_fp32']:>11} {row['feature_error_ratio']:>11.4f} "
+            f"{row['error_vs_default']:>6.3f} {row['ms_per_image']:>9.2f} {row['time_vs_default']:>6.3f}"
         )
     return "\n".join(lines)
 
 
-__all__ = ["LAYER_MATMULS", "format_table", "layer_groups", "run_int8_sensitivity", "weight_matmuls"]
+__all__ = [
+    "DEFAULT",
+    "LAYER_MATMULS",
+    "float32_choices",
+    "format_table",
+    "run_int8_sensitivity",
+    "weight_matmuls",
+]

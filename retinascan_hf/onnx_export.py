@@ -17,6 +17,12 @@ Choices, measured (see README "Benchmarks" and `benchmarks/onnx_parity.json`):
 - The heads (everything downstream of `image_features`) stay fp32 in the int8 graph: they are 0.5 % of the
   compute, and ONNX Runtime's quantiser mis-fuses the CORAL head's broadcast bias (a `[B, 1]` matmul plus `K-1`
   biases) into a kernel that then fails at run time.
+- So do three small parts of the image tower (`float32_node_names`), because int8 costs accuracy there and buys
+  no speed (`scripts/benchmark_int8_sensitivity.py`): the position-embedding lookup (quantised, it is a per-tensor
+  uint8 table dequantised on every call), the patch-embedding convolution (quantising it rounds the *pixels* to
+  uint8 per tensor, and ONNX Runtime's ConvInteger is slower than its float convolution) and the visual
+  projection (one 768 x 512 matrix that writes `image_features` itself). Together: 28 % less feature error and
+  a slightly faster graph.
 
 The folder `DIR/onnx/` is written through a staging folder and a rename, so an interrupted export never leaves
 a half-written graph, and it is replaced only if an earlier export made it.
@@ -97,6 +103,19 @@ def _import_quantization() -> Any:
     return onnx, quantization
 
 
+FLOAT32_PARTS = "heads (downstream of image_features), visual projection, patch embedding, position-embedding lookup"
+
+
+def float32_node_names(model_path: str | os.PathLike) -> list[str]:
+    """The nodes the int8 graph keeps in float32 (see the module docstring): the heads, the node that writes
+    `image_features` (the visual projection), and every lookup (Gather) and convolution, as the quantiser may
+    rename them."""
+    onnx, _ = _import_quantization()
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    tower = [node.name for node in graph.node if node.op_type in ("Gather", "Conv") or "image_features" in node.output]
+    return head_node_names(model_path) + tower + [f"{name}_MatMul" for name in tower]
+
+
 def head_node_names(model_path: str | os.PathLike) -> list[str]:
     """Names of the graph nodes downstream of `image_features` (the heads), as the quantiser may rename them."""
     onnx, _ = _import_quantization()
@@ -170,21 +189,25 @@ def _export_fp32(model: RetinaScanModel, example: torch.Tensor, target: Path, op
 
 
 def quantize_onnx(
-    source: Path, target: Path, method: str, calibration: np.ndarray | None, keep_fp32: Sequence[str] = ()
+    source: Path,
+    target: Path,
+    method: str,
+    calibration: np.ndarray | None,
+    keep_fp32: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Quantise `source` to int8 at `target`, leaving the heads and the nodes named in `keep_fp32` in float32
-    (`benchmarks/int8_sensitivity.py` measures what keeping image-tower layers costs and buys); return the
-    settings for the export record."""
+    """Quantise `source` to int8 at `target`, leaving in float32 the nodes of `keep_fp32`, by default those of
+    [`float32_node_names`] (`benchmarks/int8_sensitivity.py` tries other choices); return the settings for the
+    export record."""
     _, quantization = _import_quantization()
     settings: dict[str, Any] = {
         "method": method,
         "weights": "int8 (signed), per output channel",
-        "fp32_nodes": "heads (downstream of image_features)",
+        "fp32_nodes": FLOAT32_PARTS if keep_fp32 is None else f"{len(keep_fp32)} nodes chosen by the caller",
     }
     common = {
         "per_channel": True,
         "weight_type": quantization.QuantType.QInt8,
-        "nodes_to_exclude": head_node_names(source) + list(keep_fp32),
+        "nodes_to_exclude": float32_node_names(source) if keep_fp32 is None else list(keep_fp32),
     }
     with _quiet_root_logger():
         if method == "dynamic":
@@ -295,9 +318,11 @@ def export_onnx(
 
 
 __all__ = [
+    "FLOAT32_PARTS",
     "ONNX_OPSET",
     "QUANTIZATION_METHODS",
     "export_onnx",
+    "float32_node_names",
     "head_node_names",
     "load_calibration_images",
     "quantize_onnx",

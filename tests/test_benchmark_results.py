@@ -15,7 +15,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks/ lives beside the library, not inside it
 
-from benchmarks.int8_sensitivity import LAYER_MATMULS  # noqa: E402
+from benchmarks.int8_sensitivity import DEFAULT, LAYER_MATMULS  # noqa: E402
 from benchmarks.results import (  # noqa: E402
     README_END,
     README_START,
@@ -124,15 +124,20 @@ def test_quick_head_training_benchmark_writes_rows_breakdown_and_profiles(tmp_pa
 
 
 @pytest.mark.slow
-def test_quick_int8_sensitivity_keeps_every_group_and_nothing_quantised_leaves_no_error(tmp_path):
+def test_quick_int8_sensitivity_compares_float32_choices_and_nothing_quantised_leaves_no_error(tmp_path):
     output = tmp_path / "int8.json"
     assert load_script("benchmark_int8_sensitivity").main(["--quick", "--threads", "1", "--output", str(output)]) == 0
     results = json.loads(output.read_text())
     rows = {row["kept_in_fp32"]: row for row in results["rows"]}
-    default, everything = rows["none (the default export)"], rows["everything (no int8 left)"]
-    assert default["nodes_kept"] == 0 and default["feature_error_ratio"] > 0 and default["error_vs_default"] == 1
+    default, everything = results["rows"][0], rows["everything (no int8 left)"]
+    assert default["kept_in_fp32"] == DEFAULT and default["error_vs_default"] == default["time_vs_default"] == 1
+    assert (
+        default["feature_error_ratio"] > 0
+        and rows["heads only (the export before 2026-11-29)"]["feature_error_ratio"] > 0
+    )
     assert everything["feature_error_ratio"] < 1e-5  # the check can tell float32 from int8
-    num_layers = rows["MLP fc2, all layers"]["nodes_kept"]  # one fc2 per encoder layer
-    assert rows["first encoder layer"]["nodes_kept"] == len(LAYER_MATMULS)
-    assert everything["nodes_kept"] == len(LAYER_MATMULS) * num_layers + 2  # + visual projection + patch conv
+    num_layers = rows["default + MLP fc2, all layers"]["tower_nodes_in_fp32"] - default["tower_nodes_in_fp32"]
+    assert rows["default + first encoder layer"]["tower_nodes_in_fp32"] == default["tower_nodes_in_fp32"] + 6
+    # everything = lookups + patch conv + 6 Linear layers per encoder layer + the visual projection
+    assert everything["tower_nodes_in_fp32"] == default["tower_nodes_in_fp32"] + len(LAYER_MATMULS) * num_layers
     assert all(row["ms_per_image"] > 0 and row["feature_error_ratio"] >= 0 for row in results["rows"])

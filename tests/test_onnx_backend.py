@@ -96,6 +96,25 @@ def test_int8_graph_keeps_the_heads_in_fp32_and_stays_close(exported_dir, tiny_m
     assert torch.nn.functional.cosine_similarity(actual, expected).min() > 0.99
 
 
+def test_int8_graph_keeps_lookups_patch_embedding_and_visual_projection_in_fp32(exported_dir):
+    import onnx
+
+    int8 = onnx.load(str(exported_dir / "onnx" / "model_int8.onnx"))
+    op_types = {node.op_type for node in int8.graph.node}
+    assert "MatMulInteger" in op_types and "ConvInteger" not in op_types and "DequantizeLinear" not in op_types
+    writer = next(node for node in int8.graph.node if "image_features" in node.output)
+    initializers = {initializer.name: initializer for initializer in int8.graph.initializer}
+    weights = [initializers[name] for name in writer.input if name in initializers]
+    assert writer.op_type in ("Gemm", "MatMul", "Add") and all(
+        weight.data_type == onnx.TensorProto.FLOAT for weight in weights
+    )
+    # patch and position embeddings (the exporter may fold the position lookup into a constant named `embedding`)
+    embeddings = [name for name in initializers if "embedding" in name]
+    assert len(embeddings) >= 2 and all(initializers[name].data_type == onnx.TensorProto.FLOAT for name in embeddings)
+    record = json.loads((exported_dir / "onnx" / "export_config.json").read_text())
+    assert "visual projection" in json.dumps(record)
+
+
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
 def test_onnx_pipeline_runs_no_torch_forward_and_matches_torch(
     exported_dir, fundus_images, tmp_path, torch_forward_forbidden, variant
