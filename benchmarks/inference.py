@@ -8,11 +8,12 @@ from the same run on the same machine:
 - bare forwards at batch 1 (all threads): torch fp32, bf16 (only where the CPU has bf16 instructions), torch
   dynamic int8, ONNX Runtime fp32 and int8;
 - the int8 pipeline end to end on a 256-px JPEG (path -> grade, knn mode) against the bare int8 forward of its
-  own session on the same pixels, the two timed in turn;
+  own session on the same pixels, the two timed in alternating blocks of 5 calls;
 - decode + fundus crop + resize of a 12-MP camera original against a bare Pillow draft-mode decode at the
   processor's reduction scale (the processor decodes JPEG files in draft mode; every other input form is reduced
   by the same factor with a box filter), and the same with the pipeline's gradability check;
-- batch throughput (8 and 32 images, decoding in parallel with inference) against the bare int8 forward;
+- batch throughput (8 and 32 images, decoding in parallel with inference) against the bare int8 forward, the
+  two timed in turn;
 - the kNN vote over banks of 16,231 and 1,000,000 rows (the bank's own API), with the large bank's memory;
 - peak RSS of a fresh process that loads the model and grades one image, int8 ONNX and torch fp32.
 
