@@ -24,6 +24,7 @@ from benchmarks.results import (  # noqa: E402
     update_readme,
     validate_results,
 )
+from benchmarks.timing import time_alternately  # noqa: E402
 
 QUICK_ROW_IDS = {
     "torch_fp32",
@@ -141,3 +142,21 @@ def test_quick_int8_sensitivity_compares_float32_choices_and_nothing_quantised_l
     # everything = lookups + patch conv + 6 Linear layers per encoder layer + the visual projection
     assert everything["tower_nodes_in_fp32"] == default["tower_nodes_in_fp32"] + len(LAYER_MATMULS) * num_layers
     assert all(row["ms_per_image"] > 0 and row["feature_error_ratio"] >= 0 for row in results["rows"])
+
+
+def test_time_alternately_runs_both_sides_in_blocks_and_returns_each_sides_median(monkeypatch):
+    calls, clock = [], iter(range(10_000))
+    monkeypatch.setattr("benchmarks.timing.time.perf_counter", lambda: float(next(clock)))
+
+    def side(name: str, cost: int):
+        def call() -> None:
+            calls.append(name)
+            for _ in range(cost - 1):  # each call spans `cost` ticks of the fake clock
+                next(clock)
+
+        return call
+
+    first, second = time_alternately(side("a", 2), side("b", 5), repeats=7, warmup=1, block=3)
+    assert (first, second) == (2.0, 5.0)
+    timed = "".join(calls[2:])  # after one warm-up call of each
+    assert calls[:2] == ["a", "b"] and timed == "aaabbbaaabbbab" and timed.count("a") == timed.count("b") == 7
