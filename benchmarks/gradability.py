@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 
 from retinascan_hf import RetinaScanImageProcessor, load_pipeline
 from retinascan_hf.synthetic import HARD_NON_FUNDUS_KINDS, NON_FUNDUS_KINDS, non_fundus_set
@@ -45,7 +46,38 @@ def flag_rate(flags: Sequence[str | None]) -> dict[str, Any]:
 
 
 def pipeline_flags(grader, inputs: Sequence[Any], batch_size: int = 16) -> list[str | None]:
-    return [None if r["gradable"] else r["error_type"] for r in grader(list(inputs), batch_size=batch_size)]
+    return flags_of(grader(list(inputs), batch_size=batch_size))
+
+
+def flags_of(results: Sequence[dict[str, Any]]) -> list[str | None]:
+    return [None if result["gradable"] else result["error_type"] for result in results]
+
+
+def threshold_conflict(
+    real_photos: Sequence[dict[str, Any]], non_fundus: Sequence[dict[str, Any]], keep: float = 0.95
+) -> dict[str, Any]:
+    """What it would take to grade `keep` of the real photos with this model: the OOD threshold at that quantile
+    of their scores, and the share of the non-fundus pictures that would then be graded too (those that pass
+    the quality check and score below it). Photos and pictures the quality check stops have no score."""
+
+    def scores(results: Sequence[dict[str, Any]]) -> np.ndarray:
+        values = np.array([result["ood_score"] for result in results], dtype=float)
+        return values[np.isfinite(values)]
+
+    real, other = scores(real_photos), scores(non_fundus)
+    threshold = float(np.quantile(real, keep))
+    quantiles = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+    def spread(values: np.ndarray) -> dict[str, float] | None:
+        return {str(q): round(float(np.quantile(values, q)), 2) for q in quantiles} if len(values) else None
+
+    return {
+        "real_photo_scores": spread(real),
+        "non_fundus_scores": spread(other),
+        "threshold_grading": keep,
+        "threshold": round(threshold, 3),
+        "non_fundus_graded_at_that_threshold": float((other <= threshold).sum() / len(non_fundus)),
+    }
 
 
 def quality_flags(processor: RetinaScanImageProcessor, paths: Sequence[Path]) -> tuple[list[str | None], Counter]:
@@ -62,12 +94,16 @@ def quality_flags(processor: RetinaScanImageProcessor, paths: Sequence[Path]) ->
     return flags, problems
 
 
-def non_fundus_rates(grader, per_kind: int, seed: int) -> dict[str, Any]:
-    """Flag rates over the issue's non-fundus kinds, over the harder disc-shaped kinds, and per kind."""
+def non_fundus_results(grader, per_kind: int, seed: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """The kind of each non-fundus picture (the issue's kinds, then the harder disc-shaped ones) and its result."""
     pictures = non_fundus_set(per_kind, NON_FUNDUS_KINDS + HARD_NON_FUNDUS_KINDS, seed=seed)
-    flags = pipeline_flags(grader, [image for _, image in pictures])
+    return [kind for kind, _ in pictures], grader([image for _, image in pictures], batch_size=16)
+
+
+def non_fundus_rates(kinds: Sequence[str], results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Flag rates over the issue's non-fundus kinds, over the harder disc-shaped kinds, and per kind."""
     by_kind: dict[str, list[str | None]] = {}
-    for (kind, _), flag in zip(pictures, flags, strict=True):
+    for kind, flag in zip(kinds, flags_of(results), strict=True):
         by_kind.setdefault(kind, []).append(flag)
     return {
         "listed_kinds": flag_rate([flag for kind in NON_FUNDUS_KINDS for flag in by_kind[kind]]),
@@ -88,11 +124,15 @@ def run_gradability_benchmark(
         trained = quickstart(Path(work) / "quickstart", seed=seed, progress=False, log=lambda _: None)
         grader = load_pipeline(trained.model_dir)
         test = datasets.load_from_disk(str(trained.corpus_dir))["test"]
+        kinds, pictures = non_fundus_results(grader, per_kind, seed)
+        real_photos = grader([str(path) for path in eyepacs + originals], batch_size=16)
         summary["quickstart"] = {
             "ood_threshold": grader.model.config.ood_threshold,
-            "non_fundus": non_fundus_rates(grader, per_kind, seed),
+            "non_fundus": non_fundus_rates(kinds, pictures),
             "synthetic_test_split": flag_rate(pipeline_flags(grader, list(test["image"]))),
-            "real_photos_all_checks": flag_rate(pipeline_flags(grader, [str(p) for p in eyepacs + originals])),
+            "real_photos_all_checks": flag_rate(flags_of(real_photos)),
+            # Why the quickstart model cannot both grade real photos and refuse non-fundus pictures.
+            "threshold_conflict": threshold_conflict(real_photos, pictures),
         }
         seconds["quickstart"] = time.perf_counter() - started
         log(f"quickstart model done in {seconds['quickstart']:.0f} s")
@@ -118,7 +158,7 @@ def run_gradability_benchmark(
             "ood_calibration": result.metrics["ood"],
             "test_split": flag_rate(pipeline_flags(grader, list(corpus_test["image"]))),
             "eyepacs_originals": flag_rate(pipeline_flags(grader, [str(p) for p in originals])),
-            "non_fundus": non_fundus_rates(grader, per_kind, seed),
+            "non_fundus": non_fundus_rates(*non_fundus_results(grader, per_kind, seed)),
         }
         seconds["eyepacs_model"] = time.perf_counter() - started
     summary["seconds"] = seconds
@@ -145,6 +185,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(row("EyePACS model, camera originals", real["eyepacs_originals"]))
     lines.append("not meaningful (a synthetic-only model on real photos):")
     lines.append(row("quickstart model, all real photos", quick["real_photos_all_checks"]))
+    conflict = quick.get("threshold_conflict")
+    if conflict:
+        lines.append(
+            f"  an OOD threshold grading {conflict['threshold_grading']:.0%} of them ({conflict['threshold']:.1f}, "
+            f"not {quick['ood_threshold']:.2f}) would grade {conflict['non_fundus_graded_at_that_threshold']:.1%} "
+            "of the non-fundus pictures"
+        )
     lines.append("per non-fundus kind (quickstart model | EyePACS model):")
     for kind, rate in quick["non_fundus"]["per_kind"].items():
         other = real["non_fundus"]["per_kind"][kind]

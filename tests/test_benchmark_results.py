@@ -160,3 +160,17 @@ def test_time_alternately_runs_both_sides_in_blocks_and_returns_each_sides_media
     assert (first, second) == (2.0, 5.0)
     timed = "".join(calls[2:])  # after one warm-up call of each
     assert calls[:2] == ["a", "b"] and timed == "aaabbbaaabbbab" and timed.count("a") == timed.count("b") == 7
+
+
+def test_threshold_conflict_counts_non_fundus_pictures_a_real_photo_threshold_would_grade():
+    from benchmarks.gradability import threshold_conflict
+
+    def results(scores):
+        return [{"ood_score": score} for score in scores]
+
+    real = results([float(score) for score in range(1, 101)] + [None])  # a photo the quality check stopped
+    non_fundus = results([50.0, 96.0, 200.0, float("nan"), None])  # two stopped by the quality check
+    conflict = threshold_conflict(real, non_fundus, keep=0.95)
+    assert conflict["threshold"] == pytest.approx(95.05)  # numpy's linear quantile of 1..100
+    assert conflict["non_fundus_graded_at_that_threshold"] == pytest.approx(1 / 5)  # only the 50.0
+    assert conflict["real_photo_scores"]["0.5"] == pytest.approx(50.5) and conflict["non_fundus_scores"]["0.5"] == 96
