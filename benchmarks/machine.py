@@ -59,6 +59,11 @@ def memory_gib() -> float | None:
         return None
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def machine_info() -> dict:
     """CPU model, flags, logical CPUs (and those this process may use), memory, torch threads, versions, UTC date."""
     info = _cpuinfo()
@@ -66,7 +71,7 @@ def machine_info() -> dict:
         "cpu_model": info.get("model name") or platform.processor() or platform.machine(),
         "cpu_flags": cpu_flags(),
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cpus": usable_cpus(),
         "memory_gib": memory_gib(),
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,

@@ -36,9 +36,9 @@ QUICK_ROW_IDS = {
     "pillow_draft_decode",
     "decode_crop_resize",
     "ort_int8_throughput_b8",
-    "pipeline_int8_throughput_b8_workers2",
+    "pipeline_int8_throughput_b8_parallel",
     "ort_int8_throughput_b32",
-    "pipeline_int8_throughput_b32_workers2",
+    "pipeline_int8_throughput_b32_parallel",
     "peak_rss_onnx",
     "peak_rss_torch",
     "head_training_bare_loop",
@@ -174,3 +174,19 @@ def test_threshold_conflict_counts_non_fundus_pictures_a_real_photo_threshold_wo
     assert conflict["threshold"] == pytest.approx(95.05)  # numpy's linear quantile of 1..100
     assert conflict["non_fundus_graded_at_that_threshold"] == pytest.approx(1 / 5)  # only the 50.0
     assert conflict["real_photo_scores"]["0.5"] == pytest.approx(50.5) and conflict["non_fundus_scores"]["0.5"] == 96
+
+
+def test_the_trainer_and_the_bare_loop_run_in_turn_over_the_same_steps(tmp_path):
+    from benchmarks.head_training import HeadTrainingData, trainer_and_bare_loop_in_turn
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = HeadTrainingData.build(tmp_path, train_size=200, num_epochs=2)
+        trainer = data.trainer()
+        seconds, bare = trainer_and_bare_loop_in_turn(trainer, data)
+    finally:
+        torch.set_num_threads(threads)
+    assert bare.steps == 2 * len(trainer.sampler) and trainer.progress.epoch == 2 and seconds > 0
+    assert "_train_epoch" not in vars(trainer)  # the interleaving hook is gone afterwards
+    assert bare.phase_ms["total"] >= bare.phase_ms["forward"] > 0
