@@ -6,17 +6,13 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # benchmarks/ lives beside the library, not inside it
-
-from benchmarks.int8_sensitivity import DEFAULT, LAYER_MATMULS  # noqa: E402
-from benchmarks.results import (  # noqa: E402
+from benchmarks.int8_sensitivity import DEFAULT, LAYER_MATMULS
+from benchmarks.results import (
     README_END,
     README_START,
     readme_block,
@@ -24,7 +20,9 @@ from benchmarks.results import (  # noqa: E402
     update_readme,
     validate_results,
 )
-from benchmarks.timing import time_alternately  # noqa: E402
+from benchmarks.timing import time_alternately
+
+REPO = Path(__file__).resolve().parents[1]
 
 QUICK_ROW_IDS = {
     "torch_fp32",

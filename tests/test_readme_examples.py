@@ -4,15 +4,11 @@ renders from the committed `docs/evaluation/` files: no typed numbers, no README
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # benchmarks/ lives beside the library, not inside it
-
-from benchmarks.quickstart_example import (  # noqa: E402
+from benchmarks.quickstart_example import (
     EVALUATION_BLOCK,
     QUICKSTART_BLOCK,
     SUMMARY_FILE,
@@ -20,7 +16,9 @@ from benchmarks.quickstart_example import (  # noqa: E402
     render_quickstart,
     update_readme,
 )
-from benchmarks.readme_blocks import find_block, replace_block, wrap  # noqa: E402
+from benchmarks.readme_blocks import find_block, replace_block, wrap
+
+REPO = Path(__file__).resolve().parents[1]
 
 DOCS = REPO / "docs" / "evaluation"
 
