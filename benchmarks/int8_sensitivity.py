@@ -21,8 +21,14 @@ import torch
 
 from benchmarks.onnx_parity import feature_error_ratio
 from benchmarks.timing import time_alternately, time_call
-from retinascan_hf.onnx_backend import ONNX_INPUT_NAME, ONNX_SUBFOLDER, ONNX_VARIANT_FILES
-from retinascan_hf.onnx_export import export_onnx, float32_node_names, head_node_names, quantize_onnx
+from retinascan_hf.onnx_backend import ONNX_INPUT_NAME, ONNX_SUBFOLDER, ONNX_VARIANT_FILES, _make_session
+from retinascan_hf.onnx_export import (
+    export_onnx,
+    float32_node_names,
+    head_node_names,
+    quantize_onnx,
+    with_quantiser_aliases,
+)
 from retinascan_hf.synthetic import synthetic_fundus_set
 from retinascan_hf.tiny_clip import random_retinascan, tiny_clip_config, vit_b16_clip_config
 
@@ -31,14 +37,11 @@ DEFAULT = "the export's default (heads, lookups, patch embedding, visual project
 LAYER_MATMULS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
-def weight_matmuls(model_path: str | Path) -> list[str]:
+def weight_matmuls(graph: Any) -> list[str]:
     """The image tower's matrix products with a weight (initializer) operand, in graph order: the quantiser's
     targets (MatMul nodes, and the visual projection's Gemm, which the exporter emits for a 2-D input)."""
-    import onnx
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
     weights = {initializer.name for initializer in graph.initializer}
-    heads = set(head_node_names(model_path))
+    heads = set(head_node_names(graph))
     return [
         node.name
         for node in graph.node
@@ -46,16 +49,13 @@ def weight_matmuls(model_path: str | Path) -> list[str]:
     ]
 
 
-def float32_choices(model_path: str | Path, num_layers: int) -> dict[str, list[str]]:
+def float32_choices(graph: Any, num_layers: int) -> dict[str, list[str]]:
     """Named choices of image-tower nodes to keep in float32 (the heads always are): the heads alone, each of the
     three parts the export keeps besides them, the export's default, the default plus a group of encoder Linear
     layers, and everything (which must leave no error)."""
-    import onnx
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
     lookups = [node.name for node in graph.node if node.op_type == "Gather"]
     convs = [node.name for node in graph.node if node.op_type == "Conv"]
-    matmuls = weight_matmuls(model_path)
+    matmuls = weight_matmuls(graph)
     per_layer = len(LAYER_MATMULS)
     if len(matmuls) != per_layer * num_layers + 1:
         raise ValueError(
@@ -63,8 +63,8 @@ def float32_choices(model_path: str | Path, num_layers: int) -> dict[str, list[s
             f"{len(matmuls)}: the exported graph's layout changed, so the groups below would be wrong."
         )
     projection = matmuls[-1:]
-    heads = set(head_node_names(model_path))
-    default = [name for name in float32_node_names(model_path) if name not in heads and not name.endswith("_MatMul")]
+    heads = set(head_node_names(graph))
+    default = [name for name in float32_node_names(graph) if name not in heads and not name.endswith("_MatMul")]
     if sorted(default) != sorted(lookups + convs + projection):
         raise ValueError(f"The export's float32 parts changed ({sorted(default)}): update these choices.")
 
@@ -96,14 +96,6 @@ def _features(session: Any, pixel_values: np.ndarray, batch_size: int) -> np.nda
     )
 
 
-def _session(path: Path, threads: int) -> Any:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def run_int8_sensitivity(
     work_dir: str | Path,
     photographs: Sequence[str | Path] = (),
@@ -116,6 +108,8 @@ def run_int8_sensitivity(
     """Export a random-weight model (ViT-B/16, or tiny with `quick`), then for each group of `layer_groups`
     quantise with it kept in float32 and measure `feature_error_ratio` on `photographs` (synthetic fundus
     pictures when none are given) and the batch-1 time of the graph, relative to the export's default."""
+    import onnx
+
     work_dir = Path(work_dir)
     clip_config = tiny_clip_config() if quick else vit_b16_clip_config()
     model, processor = random_retinascan(clip_config=clip_config, seed=0)
@@ -125,17 +119,17 @@ def run_int8_sensitivity(
     source = work_dir / ONNX_SUBFOLDER / ONNX_VARIANT_FILES["fp32"]
     images = [str(path) for path in photographs] or synthetic_fundus_set(list(range(5)) * 4, size=128)
     pixel_values = processor(images, return_tensors="np")["pixel_values"]
-    reference = torch.from_numpy(_features(_session(source, threads), pixel_values, batch_size))
+    reference = torch.from_numpy(_features(_make_session(str(source), threads), pixel_values, batch_size))
     single = {ONNX_INPUT_NAME: pixel_values[:1]}
     rows, default_session = [], None
-    heads = head_node_names(source)
-    for index, (name, keep) in enumerate(float32_choices(source, clip_config.vision_config.num_hidden_layers).items()):
+    graph = onnx.load(str(source), load_external_data=False).graph  # read once for every choice below
+    heads = head_node_names(graph)
+    for index, (name, keep) in enumerate(float32_choices(graph, clip_config.vision_config.num_hidden_layers).items()):
         target = work_dir / f"int8_choice_{index}.onnx"
         started = time.perf_counter()
-        # The quantiser rewrites a Gemm `X` as a MatMul `X_MatMul` before it applies exclusions: name both.
-        quantize_onnx(source, target, "dynamic", None, keep_fp32=heads + keep + [f"{node}_MatMul" for node in keep])
+        quantize_onnx(source, target, "dynamic", None, keep_fp32=heads + with_quantiser_aliases(keep))
         quantise_seconds = time.perf_counter() - started
-        session = _session(target, threads)
+        session = _make_session(str(target), threads)
         target.unlink()  # the session holds the graph
         features = torch.from_numpy(_features(session, pixel_values, batch_size))
         # Batch-1 time in alternating blocks with the default graph's (the first choice), as a ratio to it.

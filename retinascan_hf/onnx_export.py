@@ -106,27 +106,39 @@ def _import_quantization() -> Any:
 FLOAT32_PARTS = "heads (downstream of image_features), visual projection, patch embedding, position-embedding lookup"
 
 
-def float32_node_names(model_path: str | os.PathLike) -> list[str]:
+def _graph(model: str | os.PathLike | Any) -> Any:
+    """The graph of `model`: an ONNX file (read once per call: pass the graph to read it once for several calls),
+    or a graph already loaded."""
+    if isinstance(model, (str, os.PathLike)):
+        onnx, _ = _import_quantization()
+        return onnx.load(str(model), load_external_data=False).graph
+    return model
+
+
+def with_quantiser_aliases(names: Sequence[str]) -> list[str]:
+    """`names` and, for each, `X_MatMul`: the quantiser turns a Gemm `X` into a MatMul `X_MatMul` (plus an Add)
+    before it applies exclusions, so an exclusion list must name both."""
+    return [*names, *(f"{name}_MatMul" for name in names)]
+
+
+def float32_node_names(model: str | os.PathLike | Any) -> list[str]:
     """The nodes the int8 graph keeps in float32 (see the module docstring): the heads, the node that writes
     `image_features` (the visual projection), and every lookup (Gather) and convolution, as the quantiser may
-    rename them."""
-    onnx, _ = _import_quantization()
-    graph = onnx.load(str(model_path), load_external_data=False).graph
+    rename them. `model` is an ONNX file or its loaded graph."""
+    graph = _graph(model)
     tower = [node.name for node in graph.node if node.op_type in ("Gather", "Conv") or "image_features" in node.output]
-    return head_node_names(model_path) + tower + [f"{name}_MatMul" for name in tower]
+    return head_node_names(graph) + with_quantiser_aliases(tower)
 
 
-def head_node_names(model_path: str | os.PathLike) -> list[str]:
-    """Names of the graph nodes downstream of `image_features` (the heads), as the quantiser may rename them."""
-    onnx, _ = _import_quantization()
-    graph = onnx.load(str(model_path), load_external_data=False).graph
+def head_node_names(model: str | os.PathLike | Any) -> list[str]:
+    """Names of the graph nodes downstream of `image_features` (the heads), as the quantiser may rename them.
+    `model` is an ONNX file or its loaded graph."""
     live, names = {"image_features"}, []
-    for node in graph.node:  # ONNX graphs are topologically sorted: one pass suffices
+    for node in _graph(model).node:  # ONNX graphs are topologically sorted: one pass suffices
         if any(name in live for name in node.input):
             names.append(node.name)
             live.update(node.output)
-    # The quantiser turns a Gemm `X` into a MatMul `X_MatMul` (plus an Add) before it applies exclusions.
-    return names + [f"{name}_MatMul" for name in names]
+    return with_quantiser_aliases(names)
 
 
 @contextlib.contextmanager
@@ -326,4 +338,5 @@ __all__ = [
     "head_node_names",
     "load_calibration_images",
     "quantize_onnx",
+    "with_quantiser_aliases",
 ]
