@@ -55,16 +55,19 @@ def flags_of(results: Sequence[dict[str, Any]]) -> list[str | None]:
 
 def threshold_conflict(
     real_photos: Sequence[dict[str, Any]], non_fundus: Sequence[dict[str, Any]], keep: float = 0.95
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """What it would take to grade `keep` of the real photos with this model: the OOD threshold at that quantile
     of their scores, and the share of the non-fundus pictures that would then be graded too (those that pass
-    the quality check and score below it). Photos and pictures the quality check stops have no score."""
+    the quality check and score below it). Photos and pictures the quality check stops have no score; `None`
+    when no real photo has one, or there are no non-fundus pictures."""
 
     def scores(results: Sequence[dict[str, Any]]) -> np.ndarray:
         values = np.array([result["ood_score"] for result in results], dtype=float)
         return values[np.isfinite(values)]
 
     real, other = scores(real_photos), scores(non_fundus)
+    if not len(real) or not non_fundus:  # nothing reached the model: no threshold to speak of
+        return None
     threshold = float(np.quantile(real, keep))
     quantiles = (0.05, 0.25, 0.5, 0.75, 0.95)
 

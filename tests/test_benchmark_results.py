@@ -172,6 +172,8 @@ def test_threshold_conflict_counts_non_fundus_pictures_a_real_photo_threshold_wo
     assert conflict["threshold"] == pytest.approx(95.05)  # numpy's linear quantile of 1..100
     assert conflict["non_fundus_graded_at_that_threshold"] == pytest.approx(1 / 5)  # only the 50.0
     assert conflict["real_photo_scores"]["0.5"] == pytest.approx(50.5) and conflict["non_fundus_scores"]["0.5"] == 96
+    assert threshold_conflict(results([None, float("nan")]), non_fundus) is None  # no real photo reached the model
+    assert threshold_conflict(real, []) is None
 
 
 def test_the_trainer_and_the_bare_loop_run_in_turn_over_the_same_steps(tmp_path):
