@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from benchmarks.machine import usable_cpus
+from benchmarks.machine import has_fast_bf16, usable_cpus
 from benchmarks.memory import peak_rss_of_grading
 from benchmarks.results import Row, Target
 from benchmarks.timing import current_rss_mib, time_alternately, time_call
@@ -116,7 +116,6 @@ def build_model_folder(directory: Path, quick: bool, bank_size: int) -> Path:
 
 def _forward_rows(model_dir: Path, settings: InferenceSettings, pixel_values: torch.Tensor) -> list[Row]:
     """Bare batch-1 forwards of the image tower and heads in every runtime."""
-    from benchmarks.machine import has_fast_bf16
 
     single = pixel_values[:1]
 
