@@ -116,7 +116,6 @@ def build_model_folder(directory: Path, quick: bool, bank_size: int) -> Path:
 
 def _forward_rows(model_dir: Path, settings: InferenceSettings, pixel_values: torch.Tensor) -> list[Row]:
     """Bare batch-1 forwards of the image tower and heads in every runtime."""
-
     single = pixel_values[:1]
 
     def milliseconds(model: Any) -> float:
