@@ -7,6 +7,11 @@ the feature bank; the other half is graded by every variant in every decision mo
 compared with the fp32 ones: agreement, largest score difference, embedding cosine. kNN is reported twice: with
 the fp32 bank a trained folder ships (the deployment case) and with the bank rebuilt from int8 embeddings.
 
+With `train_heads`, the comparison is repeated for heads trained on the bank half's fp32 backbone features (the
+library's trainer, reference configuration): the heads run in fp32 downstream of `image_features` in every
+graph, so each variant's decisions follow from its own backbone features. It tells whether disagreement comes
+from untrained heads (near-tie decisions) or from the backbone's quantisation error itself.
+
 Weights do not change run time, and random weights make a harsh test: embeddings of a random tower differ
 little between photographs, so small quantisation errors move neighbours and grades more than with a trained
 model.
@@ -32,6 +37,9 @@ from retinascan_hf.modeling_retinascan import DECISION_MODES, RetinaScanModel, R
 from retinascan_hf.onnx_backend import EXPORT_CONFIG_NAME, ONNX_SUBFOLDER, RetinaScanOnnxModel
 from retinascan_hf.onnx_export import export_onnx
 from retinascan_hf.tiny_clip import random_retinascan, vit_b16_clip_config
+from retinascan_hf.training.config import TrainingConfig
+from retinascan_hf.training.splits import CachedSplit
+from retinascan_hf.training.trainer import RetinaScanTrainer, make_accelerator
 
 VARIANTS: dict[str, tuple[str, str]] = {  # name -> (ONNX variant, export subfolder)
     "fp32": ("fp32", ONNX_SUBFOLDER),
@@ -39,6 +47,7 @@ VARIANTS: dict[str, tuple[str, str]] = {  # name -> (ONNX variant, export subfol
     "int8_static": ("int8", "onnx-static"),
 }
 STATISTICS_IMAGES = 64
+HEAD_VALIDATION_EVERY = 7  # every 7th bank patient validates the trained heads (model selection), the rest train
 
 
 def read_labels(data_dir: Path, limit_patients: int | None = None) -> list[tuple[str, int]]:
@@ -207,6 +216,73 @@ def compare(
     return result
 
 
+def train_heads(
+    model: RetinaScanModel, features: torch.Tensor, grades: torch.Tensor, patients: list[str], output_dir: Path
+) -> dict[str, Any]:
+    """Train `model`'s heads in place on backbone `features` `[N, D]` with the library's trainer (reference
+    configuration: 50 epochs, balanced batches of 40), holding out every `HEAD_VALIDATION_EVERY`-th patient for
+    validation; the final weights are kept (the trainer's best are a selection, not needed here). Returns what
+    the run was: images per side and the last epoch's validation metrics."""
+    ordered = sorted(set(patients))
+    held_out = {patient for index, patient in enumerate(ordered) if index % HEAD_VALIDATION_EVERY == 0}
+    validation = torch.tensor([patient in held_out for patient in patients])
+    splits = []
+    for rows in (~validation, validation):
+        index = rows.nonzero().flatten()
+        names = [f"parity/{patients[i]}/{i}" for i in index.tolist()]
+        splits.append(
+            CachedSplit(features[index, None].float().clone(), grades[index].clone(), names, ["eyepacs"] * len(names))
+        )
+    config = TrainingConfig(
+        output_dir=str(output_dir), n_views=1, cpu=True, progress=False, seed=0, log_with=[], overwrite_output_dir=True
+    )
+    trainer = RetinaScanTrainer(model, config, splits[0], splits[1], make_accelerator(config))
+    trainer.train()
+    last = trainer.history[-1]
+    return {
+        "configuration": "TrainingConfig defaults (reference)",
+        "epochs": config.num_epochs,
+        "train_images": len(splits[0]),
+        "validation_images": len(splits[1]),
+        "validation_qwk": round(last["val/qwk"], 4),
+        "validation_accuracy": round(last["val/accuracy"], 4),
+    }
+
+
+def head_decisions(model: RetinaScanModel, image_features: torch.Tensor) -> RetinaScanOutput:
+    """`model`'s heads (eval mode, fp32) on backbone features from any graph: what that graph's heads output."""
+    model.eval()
+    with torch.no_grad():
+        return model.forward_head(image_features.float())
+
+
+def compare_trained_heads(
+    model_dir: Path,
+    bank_out: dict[str, dict[str, torch.Tensor]],
+    graded_out: dict[str, dict[str, torch.Tensor]],
+    bank_grades: torch.Tensor,
+    bank_patients: list[str],
+    work_dir: Path,
+) -> dict[str, Any]:
+    """Every int8 variant against fp32 as in [`compare`], after training the folder's heads on the bank half's fp32
+    features; each variant's decisions come from its own backbone features through the same trained heads."""
+    model = RetinaScanModel.from_pretrained(model_dir)
+    training = train_heads(model, bank_out["fp32"]["image_features"], bank_grades, bank_patients, work_dir / "heads")
+    hash_ = model.config.embedding_hash()
+    outputs, banks = {}, {}
+    for name in bank_out:
+        outputs[name] = head_decisions(model, graded_out[name]["image_features"])
+        banks[name] = FeatureBank(
+            head_decisions(model, bank_out[name]["image_features"]).embeddings, bank_grades, config_hash=hash_
+        )
+    comparisons = {
+        f"{name}_vs_fp32": compare(outputs["fp32"], outputs[name], model.config, banks["fp32"], banks[name])
+        for name in outputs
+        if name != "fp32"
+    }
+    return {"training": training, "comparisons": comparisons}
+
+
 def run_onnx_parity(
     data_dir: str | Path,
     work_dir: str | Path,
@@ -217,6 +293,7 @@ def run_onnx_parity(
     calibration_size: int = 128,
     limit_patients: int | None = None,
     seed: int = 0,
+    trained_heads: bool = False,
 ) -> dict[str, Any]:
     """Run the protocol above; return the results (agreement per variant and mode, timings, machine)."""
     data_dir, work_dir = Path(data_dir), Path(work_dir)
@@ -236,7 +313,8 @@ def run_onnx_parity(
     graded_out, graded_seconds = _run_half(
         models, processor, graded_rows, work_dir / "graded_half.safetensors", batch_size
     )
-    bank_grades = torch.tensor([grade for _, grade in bank_rows])[bank_out["fp32"]["valid"]]
+    bank_valid = bank_out["fp32"]["valid"]
+    bank_grades = torch.tensor([grade for _, grade in bank_rows])[bank_valid]
     config = models["fp32"].config
     banks = {
         name: FeatureBank(bank_out[name]["embeddings"], bank_grades, config_hash=config.embedding_hash())
@@ -265,7 +343,23 @@ def run_onnx_parity(
             results["comparisons"][f"{name}_vs_fp32"] = compare(
                 reference, _as_output(graded_out[name]), config, banks["fp32"], banks[name]
             )
+    if trained_heads:
+        bank_patients = [
+            _patient(path) for (path, _), valid in zip(bank_rows, bank_valid.tolist(), strict=True) if valid
+        ]
+        results["trained_heads"] = compare_trained_heads(
+            model_dir, bank_out, graded_out, bank_grades, bank_patients, work_dir
+        )
     return results
 
 
-__all__ = ["compare", "fit_feature_statistics", "read_labels", "run_onnx_parity", "split_by_patient"]
+__all__ = [
+    "compare",
+    "compare_trained_heads",
+    "fit_feature_statistics",
+    "head_decisions",
+    "read_labels",
+    "run_onnx_parity",
+    "split_by_patient",
+    "train_heads",
+]

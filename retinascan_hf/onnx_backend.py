@@ -332,15 +332,23 @@ def check_export(pretrained_model_name_or_path: str | os.PathLike, **hub_kwargs)
     return record
 
 
-def _make_session(model_path: str, num_threads: int | None) -> Any:
+# ONNX Runtime's worker threads spin while a graph runs and stop spinning when the run returns. Sleeping between a
+# run's parallel operators too (the previous setting) made the int8 ViT-B/16 forward 14 % slower; spinning on after
+# the run (ONNX Runtime's default) takes a core from the pipeline's own work between runs (decoding, the kNN's torch
+# ops): 11 % more CPU per pipeline call and a slower pipeline (benchmarks/onnx_threads.json).
+SESSION_THREAD_CONFIG = {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"}
+
+
+def _make_session(model_path: str, num_threads: int | None, thread_config: dict[str, str] | None = None) -> Any:
+    """An ONNX Runtime CPU session: `num_threads` intra-op threads (default: torch's), every graph optimisation, and
+    `thread_config` (default `SESSION_THREAD_CONFIG`) for how idle threads wait."""
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(num_threads) if num_threads is not None else torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle ONNX Runtime threads sleep instead of spinning: between two graph runs the pipeline decodes images and
-    # runs torch ops (kNN), whose threads a spinning pool would starve (measured: 30 % less CPU per pipeline call).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in (SESSION_THREAD_CONFIG if thread_config is None else thread_config).items():
+        options.add_session_config_entry(key, value)
     return ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from benchmarks.int8_sensitivity import DEFAULT, LAYER_MATMULS
+from benchmarks.onnx_threads import THREAD_CONFIGS
 from benchmarks.results import (
     README_END,
     README_START,
@@ -21,6 +22,7 @@ from benchmarks.results import (
     validate_results,
 )
 from benchmarks.timing import time_alternately
+from retinascan_hf.onnx_backend import SESSION_THREAD_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,6 +142,21 @@ def test_quick_int8_sensitivity_compares_float32_choices_and_nothing_quantised_l
     # everything = lookups + patch conv + 6 Linear layers per encoder layer + the visual projection
     assert everything["tower_nodes_in_fp32"] == default["tower_nodes_in_fp32"] + len(LAYER_MATMULS) * num_layers
     assert all(row["ms_per_image"] > 0 and row["feature_error_ratio"] >= 0 for row in results["rows"])
+
+
+@pytest.mark.slow
+def test_quick_onnx_threads_times_every_configuration_and_names_the_default(tmp_path):
+    output = tmp_path / "threads.json"
+    assert load_script("benchmark_onnx_threads").main(["--quick", "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    assert set(results["results_ms"]) == set(THREAD_CONFIGS) and results["default"] == "spin_during_run"
+    assert results["configs"]["spin_during_run"] == SESSION_THREAD_CONFIG
+    fastest = min(result["forward"] for result in results["results_ms"].values())
+    for result in results["results_ms"].values():
+        assert result["forward"] > 0 and result["pipeline"] > 0 and result["pipeline_cpu"] > 0
+        assert result["pipeline_over_own_forward"] == pytest.approx(result["pipeline"] / result["forward"], rel=1e-3)
+        assert result["pipeline_over_fastest_forward"] == pytest.approx(result["pipeline"] / fastest, rel=1e-3)
+    assert results["calls_per_side"] == 8 and results["machine"]["logical_cpus"] >= 1
 
 
 def test_time_alternately_runs_both_sides_in_blocks_and_returns_each_sides_median(monkeypatch):

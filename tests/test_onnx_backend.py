@@ -20,9 +20,12 @@ from retinascan_hf.cli import main
 from retinascan_hf.onnx_backend import (
     EXPORT_CONFIG_NAME,
     ONNX_OUTPUT_NAMES,
+    ONNX_SUBFOLDER,
+    ONNX_VARIANT_FILES,
     OnnxExportMissingError,
     RetinaScanOnnxModel,
     StaleOnnxExportError,
+    _make_session,
     sha256_of_files,
 )
 from retinascan_hf.onnx_export import export_onnx, head_node_names, load_calibration_images
@@ -219,6 +222,21 @@ def test_onnx_model_refuses_what_the_graph_cannot_do(exported_dir):
         model.to("cuda")
     with pytest.raises(NotImplementedError, match="export-onnx"):
         model.save_pretrained("anywhere")
+
+
+def test_sessions_spin_only_while_a_graph_runs(exported_dir):
+    """Threads spin between a run's operators and stop when it returns (benchmarks/onnx_threads.json), with the
+    requested thread count; a configuration given explicitly replaces the default."""
+    model = RetinaScanOnnxModel.from_pretrained(exported_dir, variant="int8", num_threads=2)
+    options = model.session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    graph = str(exported_dir / ONNX_SUBFOLDER / ONNX_VARIANT_FILES["int8"])
+    sleeping = _make_session(graph, 1, {"session.intra_op.allow_spinning": "0"}).get_session_options()
+    assert sleeping.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        sleeping.get_session_config_entry("session.force_spinning_stop")
 
 
 def test_export_refuses_bad_requests_before_writing(exported_dir, tmp_path, capsys):
