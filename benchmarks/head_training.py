@@ -32,6 +32,8 @@ from retinascan_hf.training.splits import CachedSplit, epoch_plan
 from retinascan_hf.training.trainer import RetinaScanTrainer, make_accelerator
 
 TARGET_RATIO = 0.7
+BREAKDOWN_STEPS = 400  # per side, for the per-phase tables
+BREAKDOWN_BLOCK = 50
 PROFILE_ROWS = 12
 
 
@@ -289,11 +291,26 @@ def run_head_training(
         )
         row.relate(bare, note="/ bare loop; not the default (see TrainingConfig.torch_compile)")
         rows.append(row)
-    breakdown = {
-        "trainer_ms_per_step": trainer_step_breakdown(trainer, min(steps, 400)).phase_ms,
-        "bare_ms_per_step": bare_timing.phase_ms,
+    return HeadTrainingResult(rows, step_breakdowns_in_turn(trainer, data, min(steps, BREAKDOWN_STEPS)))
+
+
+def step_breakdowns_in_turn(
+    trainer: RetinaScanTrainer, data: HeadTrainingData, steps: int, block: int = BREAKDOWN_BLOCK
+) -> dict[str, dict[str, float]]:
+    """Milliseconds per step by phase of `trainer` and of a bare loop, over `steps` steps each in alternating blocks
+    of `block`: timed apart (a few hundred trainer steps after the whole run), the two tables once disagreed with the
+    whole-run ratio they are meant to explain, because the machine's speed had changed in between."""
+    bare = BareHeadLoop(data)
+    parts = []
+    for _ in range(max(1, steps // block)):
+        parts.append(trainer_step_breakdown(trainer, block))
+        bare.run(block)
+    trainer_steps_done = sum(part.steps for part in parts)
+    trainer_ms = {
+        name: round(sum(part.phase_ms.get(name, 0.0) * part.steps for part in parts) / trainer_steps_done, 4)
+        for name in dict.fromkeys(name for part in parts for name in part.phase_ms)
     }
-    return HeadTrainingResult(rows, breakdown)
+    return {"trainer_ms_per_step": trainer_ms, "bare_ms_per_step": bare.timing.phase_ms}
 
 
 def head_training_rows(work_dir: str | Path, *, train_size: int, num_epochs: int) -> list[Row]:
@@ -322,6 +339,7 @@ __all__ = [
     "format_breakdown",
     "head_training_rows",
     "run_head_training",
+    "step_breakdowns_in_turn",
     "trainer_and_bare_loop_in_turn",
     "trainer_profile",
     "trainer_step_breakdown",

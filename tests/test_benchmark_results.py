@@ -207,3 +207,27 @@ def test_the_trainer_and_the_bare_loop_run_in_turn_over_the_same_steps(tmp_path)
     assert bare.steps == 2 * len(trainer.sampler) and trainer.progress.epoch == 2 and seconds > 0
     assert "_train_epoch" not in vars(trainer)  # the interleaving hook is gone afterwards
     assert bare.phase_ms["total"] >= bare.phase_ms["forward"] > 0
+
+
+def test_step_breakdowns_alternate_trainer_and_bare_blocks_and_weigh_them_by_steps(tmp_path, monkeypatch):
+    from benchmarks import head_training
+    from benchmarks.head_training import HeadTrainingData, LoopTiming, step_breakdowns_in_turn
+
+    calls = []
+    timings = iter([{"forward": 1.0, "total": 3.0}, {"forward": 2.0, "total": 5.0}])
+
+    def fake_breakdown(trainer, steps):
+        calls.append(("trainer", steps))
+        return LoopTiming(seconds=0.1, steps=steps, phase_ms=next(timings))
+
+    def fake_run(self, steps):
+        calls.append(("bare", steps))
+        self.steps += steps
+
+    monkeypatch.setattr(head_training, "trainer_step_breakdown", fake_breakdown)
+    monkeypatch.setattr(head_training.BareHeadLoop, "run", fake_run)
+    data = HeadTrainingData.build(tmp_path, train_size=50, num_epochs=2)
+    result = step_breakdowns_in_turn(None, data, steps=20, block=10)
+    assert calls == [("trainer", 10), ("bare", 10), ("trainer", 10), ("bare", 10)]
+    assert result["trainer_ms_per_step"] == {"forward": 1.5, "total": 4.0}
+    assert set(result["bare_ms_per_step"]) >= {"other", "total"}
