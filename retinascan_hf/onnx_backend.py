@@ -333,9 +333,9 @@ def check_export(pretrained_model_name_or_path: str | os.PathLike, **hub_kwargs)
 
 
 # ONNX Runtime's worker threads spin while a graph runs and stop spinning when the run returns. Sleeping between a
-# run's parallel operators too (the previous setting) made the int8 ViT-B/16 forward 14 % slower; spinning on after
-# the run (ONNX Runtime's default) takes a core from the pipeline's own work between runs (decoding, the kNN's torch
-# ops): 11 % more CPU per pipeline call and a slower pipeline (benchmarks/onnx_threads.json).
+# run's parallel operators too (the previous setting) made the int8 ViT-B/16 forward ~11 % slower; spinning on after
+# the run (ONNX Runtime's default) cost the pipeline ~10 % more CPU per call for no gain in time, since between runs
+# the cores do the pipeline's own work (benchmarks/onnx_threads.json).
 SESSION_THREAD_CONFIG = {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"}
 
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -60,6 +62,27 @@ def _as_list(value: Any) -> list:
 
 def _first(value: Any) -> Any:
     return _as_list(value)[0]
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Run the block with `count` torch intra-op threads, then restore the previous count.
+
+    Why the ONNX path grades with one torch thread: there torch only runs small operations around the graph (the
+    bank scans, batch copies), and with more threads torch's OpenMP workers spin on after each of them, holding the
+    cores ONNX Runtime's threads need for the next graph run. That made each single-image call about 2 ms slower
+    for no gain (benchmarks/onnx_threads.json). The setting is torch's, process-wide, for the duration of the call;
+    a generator input, graded lazily after `__call__` returns, runs with the caller's count.
+    """
+    previous = torch.get_num_threads()
+    if previous == count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class _ThreadedPreprocessing(Dataset):
@@ -263,7 +286,10 @@ class RetinaScanPipeline(Pipeline):
         if isinstance(inputs, (list, tuple)) and not inputs:
             self._sanitize_parameters(**kwargs)  # bad options still raise
             return []
-        return super().__call__(inputs, **kwargs)
+        if self.backend != "onnx":
+            return super().__call__(inputs, **kwargs)
+        with _torch_threads(1):
+            return super().__call__(inputs, **kwargs)
 
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
         """transformers' iterator, except that `num_workers` > 0 on a list of inputs means that many *threads*

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from benchmarks.int8_sensitivity import DEFAULT, LAYER_MATMULS
-from benchmarks.onnx_threads import THREAD_CONFIGS
+from benchmarks.onnx_threads import ALL_TORCH_THREADS, THREAD_CONFIGS
 from benchmarks.results import (
     README_END,
     README_START,
@@ -149,8 +149,10 @@ def test_quick_onnx_threads_times_every_configuration_and_names_the_default(tmp_
     output = tmp_path / "threads.json"
     assert load_script("benchmark_onnx_threads").main(["--quick", "--output", str(output)]) == 0
     results = json.loads(output.read_text())
-    assert set(results["results_ms"]) == set(THREAD_CONFIGS) and results["default"] == "spin_during_run"
-    assert results["configs"]["spin_during_run"] == SESSION_THREAD_CONFIG
+    assert set(results["results_ms"]) == {*THREAD_CONFIGS, ALL_TORCH_THREADS}
+    assert results["default"] == "spin_during_run"
+    assert results["configs"]["spin_during_run"] == results["configs"][ALL_TORCH_THREADS] == SESSION_THREAD_CONFIG
+    assert results["torch_threads_during_a_call"]["spin_during_run"] == 1
     fastest = min(result["forward"] for result in results["results_ms"].values())
     for result in results["results_ms"].values():
         assert result["forward"] > 0 and result["pipeline"] > 0 and result["pipeline_cpu"] > 0

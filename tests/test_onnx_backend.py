@@ -134,6 +134,41 @@ def test_onnx_pipeline_runs_no_torch_forward_and_matches_torch(
         assert [r["error_type"] for r in results[4:]] == ["InvalidImageError", "InvalidImageError"]
 
 
+def test_onnx_pipeline_grades_with_one_torch_thread_and_restores_the_count(exported_dir, fundus_images, monkeypatch):
+    """torch's OpenMP workers spin after its parallel operations and hold the cores ONNX Runtime needs next
+    (benchmarks/onnx_threads.json): the ONNX path grades with one torch thread, and the caller's count comes back,
+    also when the call raises. The torch path keeps the caller's count."""
+    grader = load_pipeline(exported_dir, backend="onnx", onnx_variant="fp32")
+    seen = []
+    session = grader.model.session
+
+    class RecordingSession:
+        def run(self, *args, **kwargs):
+            seen.append(torch.get_num_threads())
+            return session.run(*args, **kwargs)
+
+    grader.model.session = RecordingSession()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grader(fundus_images[:2], batch_size=1)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="mode"):
+            grader(fundus_images[0], mode="nonsense")
+        assert torch.get_num_threads() == 2
+        torch_grader = load_pipeline(exported_dir)
+        counts, forward = [], torch_grader._forward
+
+        def counting_forward(*args, **kwargs):
+            counts.append(torch.get_num_threads())
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(torch_grader, "_forward", counting_forward)
+        assert torch_grader(fundus_images[0])["gradable"] and counts == [2]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_onnx_and_torch_pipelines_agree_in_every_mode(exported_dir, fundus_images):
     onnx_grader = load_pipeline(exported_dir, backend="onnx", onnx_variant="fp32")
     torch_grader = load_pipeline(exported_dir)
