@@ -22,12 +22,12 @@ This file is copied verbatim into model repositories as remote code (relative im
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -64,7 +64,7 @@ def _first(value: Any) -> Any:
     return _as_list(value)[0]
 
 
-@contextmanager
+@contextlib.contextmanager
 def _torch_threads(count: int) -> Iterator[None]:
     """Run the block with `count` torch intra-op threads, then restore the previous count.
 
@@ -286,9 +286,7 @@ class RetinaScanPipeline(Pipeline):
         if isinstance(inputs, (list, tuple)) and not inputs:
             self._sanitize_parameters(**kwargs)  # bad options still raise
             return []
-        if self.backend != "onnx":
-            return super().__call__(inputs, **kwargs)
-        with _torch_threads(1):
+        with _torch_threads(1) if self.backend == "onnx" else contextlib.nullcontext():
             return super().__call__(inputs, **kwargs)
 
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
