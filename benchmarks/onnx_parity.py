@@ -224,6 +224,10 @@ def train_heads(
     validation; the final weights are kept (the trainer's best are a selection, not needed here). Returns what
     the run was: images per side and the last epoch's validation metrics."""
     ordered = sorted(set(patients))
+    if len(ordered) < 2:
+        raise ValueError(
+            f"Training heads needs bank images of at least 2 patients (one validates), got {len(ordered)}."
+        )
     held_out = {patient for index, patient in enumerate(ordered) if index % HEAD_VALIDATION_EVERY == 0}
     validation = torch.tensor([patient in held_out for patient in patients])
     splits = []
@@ -268,12 +272,12 @@ def compare_trained_heads(
     features; each variant's decisions come from its own backbone features through the same trained heads."""
     model = RetinaScanModel.from_pretrained(model_dir)
     training = train_heads(model, bank_out["fp32"]["image_features"], bank_grades, bank_patients, work_dir / "heads")
-    hash_ = model.config.embedding_hash()
+    config_hash = model.config.embedding_hash()
     outputs, banks = {}, {}
     for name in bank_out:
         outputs[name] = head_decisions(model, graded_out[name]["image_features"])
         banks[name] = FeatureBank(
-            head_decisions(model, bank_out[name]["image_features"]).embeddings, bank_grades, config_hash=hash_
+            head_decisions(model, bank_out[name]["image_features"]).embeddings, bank_grades, config_hash=config_hash
         )
     comparisons = {
         f"{name}_vs_fp32": compare(outputs["fp32"], outputs[name], model.config, banks["fp32"], banks[name])

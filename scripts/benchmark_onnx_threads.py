@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: usable cores).")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/onnx_threads.json"))
     args = parser.parse_args(argv)
-    threads = args.threads or (1 if args.quick else usable_cpus())
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    threads = args.threads if args.threads is not None else (1 if args.quick else usable_cpus())
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         jpegs = sorted(args.data.rglob("*.jpeg")) if args.data is not None else _small_jpegs(scratch, 1)

@@ -161,6 +161,16 @@ def test_quick_onnx_threads_times_every_configuration_and_names_the_default(tmp_
     assert results["calls_per_side"] == 8 and results["machine"]["logical_cpus"] >= 1
 
 
+@pytest.mark.parametrize("threads", ["0", "-2"])
+def test_onnx_threads_script_refuses_fewer_than_one_thread(threads, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("benchmark_onnx_threads").main(
+            ["--quick", "--threads", threads, "--output", str(tmp_path / "t.json")]
+        )
+    assert exit_info.value.code == 2 and "--threads must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
+
+
 def test_time_alternately_runs_both_sides_in_blocks_and_returns_each_sides_median(monkeypatch):
     calls, clock = [], iter(range(10_000))
     monkeypatch.setattr("benchmarks.timing.time.perf_counter", lambda: float(next(clock)))

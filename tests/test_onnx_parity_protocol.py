@@ -4,6 +4,7 @@ The full protocol runs real photographs through real-size graphs (`scripts/onnx_
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from benchmarks.onnx_parity import _patient, compare_trained_heads, split_by_patient, train_heads
@@ -62,3 +63,9 @@ def test_train_heads_holds_out_whole_patients(tmp_path):
     assert training["train_images"] + training["validation_images"] == 30
     assert training["validation_images"] % 2 == 0  # both eyes of a held-out patient
     assert not torch.equal(before, model.projection.fc1.weight)  # trained in place
+
+
+def test_train_heads_refuses_a_bank_of_one_patient(tmp_path):
+    model, _ = random_retinascan()
+    with pytest.raises(ValueError, match="at least 2 patients"):
+        train_heads(model, torch.randn(4, model.config.embedding_dim), torch.arange(4), ["p0"] * 4, tmp_path)
